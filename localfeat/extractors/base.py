@@ -1,0 +1,43 @@
+"""Base class of every extractor: image in (path or array), `Features` out, in original-image pixels."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.images import as_image_array, map_keypoints_to_original, resize_max
+from ..ops import resolve_device
+from ..registry import Model
+from ..types import Features
+
+
+class Extractor(Model):
+    """Subclasses set `name`, `default_conf`, `input_mode` ('rgb' or 'gray') and implement `_extract`.
+
+    Config keys shared by all extractors:
+      resize_max: None or int, downscale the image so that max(H, W) <= resize_max before
+                  extraction; keypoints are mapped back to original-image pixels.
+      device:     None (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...
+    """
+
+    default_conf = {"resize_max": None, "device": None}
+    input_mode = "rgb"
+
+    def __init__(self, **conf):
+        super().__init__(**conf)
+        self.device = resolve_device(self.conf["device"])
+
+    def extract(self, image) -> Features:
+        """Features of `image`: a path, or a uint8 array (H, W) / (H, W, 3) (RGB) / (H, W, 4)."""
+        img = as_image_array(image, self.input_mode)
+        h, w = img.shape[:2]
+        small, factors = resize_max(img, self.conf["resize_max"])
+        feats = self._extract(small)
+        if factors != (1.0, 1.0):
+            feats.keypoints = map_keypoints_to_original(feats.keypoints, factors)
+            if feats.scales is not None:
+                feats.scales = (feats.scales * np.float32(np.sqrt(factors[0] * factors[1]))).astype(np.float32)
+        feats.image_size = (w, h)
+        return feats
+
+    def _extract(self, image: np.ndarray) -> Features:
+        """Features of a uint8 image in `input_mode`, coordinates in that image's pixels."""
+        raise NotImplementedError

@@ -1,0 +1,167 @@
+"""Weights: where official files are looked for, downloaded, checked and loaded.
+
+Lookup order for a file name: the directories in the environment variable
+``LOCALFEAT_WEIGHTS`` (``os.pathsep``-separated), then the user cache
+(``LOCALFEAT_CACHE`` or ``~/.cache/localfeat/weights``), then a download from the
+spec's URLs with a sha256 check. A config key ``weights=PATH`` bypasses all of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The weights file is neither present locally nor downloadable."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """An official weights file.
+
+    filename:  the official file name (what users have on disk).
+    urls:      where the release publishes it, tried in order.
+    sha256:    hex digest of the released file, or None where unpublished/unknown.
+    licence:   licence of the weights.
+    non_commercial: True when the licence forbids commercial use (never packaged; a notice on first load).
+    """
+
+    filename: str
+    urls: Sequence[str] = field(default_factory=tuple)
+    sha256: Optional[str] = None
+    licence: str = "unknown"
+    non_commercial: bool = False
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LOCALFEAT_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "localfeat" / "weights"
+
+
+def search_dirs() -> list[Path]:
+    """Directories searched for weights, in order."""
+    dirs = [Path(p) for p in os.environ.get("LOCALFEAT_WEIGHTS", "").split(os.pathsep) if p.strip()]
+    return dirs + [cache_dir()]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def locate(spec: WeightSpec) -> Optional[Path]:
+    """The first local copy of `spec.filename` in `search_dirs()`, or None."""
+    for d in search_dirs():
+        candidate = d / spec.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def status(spec: WeightSpec) -> str:
+    path = locate(spec)
+    return f"found: {path}" if path else f"missing: {spec.filename}"
+
+
+_NOTICED: set = set()
+
+
+def notice_licence(spec: WeightSpec) -> None:
+    """Log the licence of non-commercial weights once per process."""
+    if spec.non_commercial and spec.filename not in _NOTICED:
+        _NOTICED.add(spec.filename)
+        logger.warning("%s is licensed %s: NON-COMMERCIAL use only; localfeat never packages it.",
+                       spec.filename, spec.licence)
+
+
+def _download(url: str, dest: Path, expected_sha256: Optional[str]) -> None:
+    """Download `url` to `dest`, resuming a previous partial download, then check the hash."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        if start and response.status != 206:  # server ignored the range: start over
+            start = 0
+        total = response.length and response.length + start
+        with open(part, "ab" if start else "wb") as f, tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, desc=dest.name,
+                disable=None) as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                f.write(block)
+                bar.update(len(block))
+    if expected_sha256:
+        got = sha256_file(part)
+        if got != expected_sha256:
+            part.unlink()
+            raise WeightsNotFoundError(
+                f"downloaded {dest.name} from {url} has sha256 {got}, expected {expected_sha256}; "
+                "the partial file was removed, try again")
+    os.replace(part, dest)
+
+
+def find_weights(spec: WeightSpec, override: Optional[str | os.PathLike] = None,
+                 download: bool = True) -> Path:
+    """Path of the weights file for `spec` (see module docstring for the lookup order).
+
+    Raises `WeightsNotFoundError` naming the file, its URL(s) and where to put it.
+    """
+    if override is not None:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights={override!s}: no such file")
+        notice_licence(spec)
+        return path
+    path = locate(spec)
+    if path is None and download and spec.urls and os.environ.get("LOCALFEAT_OFFLINE") != "1":
+        dest = cache_dir() / spec.filename
+        errors = []
+        for url in spec.urls:
+            try:
+                logger.info("downloading %s from %s", spec.filename, url)
+                _download(url, dest, spec.sha256)
+                path = dest
+                break
+            except Exception as exc:  # network errors come in many types; report them all below
+                errors.append(f"{url}: {exc}")
+        if path is None:
+            logger.debug("download failures: %s", errors)
+    if path is None:
+        dirs = ", ".join(str(d) for d in search_dirs())
+        urls = " or ".join(spec.urls) if spec.urls else "(no public URL known)"
+        raise WeightsNotFoundError(
+            f"weights file {spec.filename!r} not found. Download it from {urls} and put it in one of: "
+            f"{dirs} (set LOCALFEAT_WEIGHTS to add a directory), or pass weights=PATH.")
+    notice_licence(spec)
+    return path
+
+
+def load_torch_checkpoint(path: str | os.PathLike, allowed_globals: Sequence = ()):
+    """Load a torch checkpoint on the CPU with ``weights_only=True``.
+
+    Legacy pickles that hold more than tensors and containers are read with
+    `allowed_globals` (an explicit allow-list of classes/functions); nothing is ever `eval`-ed.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        if allowed_globals:
+            with torch.serialization.safe_globals(list(allowed_globals)):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+

@@ -1,0 +1,1 @@
+"""Matchers, one file per family; `Matcher` subclasses with a `name` are registered automatically."""

@@ -1,0 +1,183 @@
+"""Registered extractors and matchers, their strict configs, and model specs.
+
+A model is a class with a unique `name` and a `default_conf` dict; it is found
+by importing every module of `localfeat.extractors` and `localfeat.matchers`
+(no central list to edit). Configs are strict: an unknown key is an error that
+lists the valid ones.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """An unknown model name, an unknown config key, or a bad config value."""
+
+
+def merge_conf(defaults: dict, conf: dict, where: str) -> dict:
+    """Return `defaults` updated with `conf`; an unknown key raises `ConfigError` naming the valid ones."""
+    unknown = sorted(set(conf) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown config key(s) {unknown}; valid keys: {sorted(defaults)}")
+    merged = dict(defaults)
+    merged.update(conf)
+    return merged
+
+
+def parse_value(text: str) -> Any:
+    """Parse a config value given as text on the command line: numbers, booleans, None, lists, strings."""
+    import yaml
+
+    if text.strip().lower() in ("none", "null", "~", ""):
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, str) and "**" in value:  # e.g. scale_f=2**0.25, as the original R2D2 CLI accepts
+        base, _, exp = value.partition("**")
+        try:
+            return float(base) ** float(exp)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_conf_items(items) -> dict:
+    """['k=v', ...] -> {k: parsed v}; a malformed item raises `ConfigError`."""
+    conf = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"config item {item!r} is not of the form key=value")
+        conf[key.strip()] = parse_value(value.strip())
+    return conf
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """'NAME' or 'NAME:key=value,key=value' -> (NAME, conf).
+
+    Commas inside brackets belong to the value (`scales=[0.5,1]`).
+    """
+    name, _, rest = spec.partition(":")
+    items, depth, current = [], 0, ""
+    for ch in rest:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        items.append(current)
+    return name.strip(), parse_conf_items(items)
+
+
+def conf_hash(name: str, conf: dict) -> str:
+    """A short stable hash of a model name and its full resolved config."""
+    import hashlib
+    import json
+
+    def norm(v):
+        if isinstance(v, (np.floating, float)):
+            return float(v)
+        if isinstance(v, (np.integer,)):
+            return int(v)
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+
+    text = json.dumps({"name": name, "conf": {k: norm(v) for k, v in sorted(conf.items())}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Model:
+    """Base of every registered model: a `name`, a `default_conf`, and a strict `conf`."""
+
+    name: str = ""
+    default_conf: dict = {}
+
+    def __init__(self, **conf):
+        self.conf = merge_conf(self.all_defaults(), conf, where=f"model {self.name!r}")
+
+    @classmethod
+    def all_defaults(cls) -> dict:
+        """default_conf merged along the class hierarchy (base classes first)."""
+        merged = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "default_conf", {}) or {})
+        return merged
+
+    @classmethod
+    def weight_specs(cls, conf: dict) -> list:
+        """The `hub.WeightSpec`s this model needs with config `conf` (none by default)."""
+        return []
+
+    @property
+    def conf_hash(self) -> str:
+        return conf_hash(self.name, self.conf)
+
+
+_TABLES: dict[str, dict[str, type]] = {"extractor": {}, "matcher": {}}
+_DISCOVERED = False
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    from .extractors.base import Extractor
+    from .matchers.base import Matcher
+
+    for package, kind, base in (("localfeat.extractors", "extractor", Extractor),
+                                ("localfeat.matchers", "matcher", Matcher)):
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name.startswith("_") or info.name == "base":
+                continue
+            module = importlib.import_module(f"{package}.{info.name}")
+            for obj in vars(module).values():
+                if (isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == module.__name__
+                        and obj.name):
+                    other = _TABLES[kind].get(obj.name)
+                    if other is not None and other is not obj:
+                        raise RuntimeError(f"{kind} name {obj.name!r} registered twice: {other} and {obj}")
+                    _TABLES[kind][obj.name] = obj
+    _DISCOVERED = True
+
+
+def model_classes(kind: str) -> dict[str, type]:
+    """name -> class for kind 'extractor' or 'matcher'."""
+    _discover()
+    return dict(sorted(_TABLES[kind].items()))
+
+
+def get_class(kind: str, name: str) -> type:
+    table = model_classes(kind)
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; available: {sorted(table)}")
+    return table[name]
+
+
+def load_extractor(name: str, **conf):
+    """Instantiate the registered extractor `name` with config `conf` (strict)."""
+    return get_class("extractor", name)(**conf)
+
+
+def load_matcher(name: str, **conf):
+    """Instantiate the registered matcher `name` with config `conf` (strict)."""
+    return get_class("matcher", name)(**conf)

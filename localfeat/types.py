@@ -1,0 +1,166 @@
+"""The data contract: `Features` of one image and `Matches` of one pair.
+
+Coordinates are x to the right, y down, in pixels of the ORIGINAL image, the
+centre of the top-left pixel being (0, 0). Validation happens on construction so
+that a wrong shape or dtype is caught where it is made, not three steps later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import numpy as np
+
+
+class ContractError(ValueError):
+    """A `Features` or `Matches` field breaks the data contract."""
+
+
+def _as_array(name: str, value, dtype, shape: tuple, shape_text: str, finite: bool = True) -> np.ndarray:
+    """Convert `value` to a numpy array of `dtype` and check it against `shape` (None = any size)."""
+    if value is None:
+        raise ContractError(f"{name} is required, expected an array of shape {shape_text}")
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+        raise ContractError(f"{name} has shape {tuple(arr.shape)}, expected {shape_text}")
+    if dtype is not None:
+        if arr.dtype.kind not in "fiub":
+            raise ContractError(f"{name} has dtype {arr.dtype}, expected a numeric array ({np.dtype(dtype)})")
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    if finite and arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ContractError(f"{name} holds {bad} non-finite value(s) (NaN or inf)")
+    return arr
+
+
+@dataclass
+class Features:
+    """Keypoints and descriptors of one image.
+
+    keypoints:    float32 (N, 2), (x, y) in original-image pixels, pixel-centre origin.
+    scores:       float32 (N,), higher is better.
+    descriptors:  (N, D), float32 L2-normalised rows, or uint8 for binary descriptors.
+    image_size:   (W, H) of the original image, in pixels.
+    scales:       optional float32 (N,), patch diameter in pixels.
+    orientations: optional float32 (N,), radians.
+    """
+
+    keypoints: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray
+    image_size: tuple
+    scales: Optional[np.ndarray] = None
+    orientations: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.keypoints = _as_array("keypoints", self.keypoints, np.float32, (None, 2), "(N, 2)")
+        n = len(self.keypoints)
+        self.scores = _as_array("scores", self.scores, np.float32, (n,), f"(N,) with N={n}")
+        desc = self.descriptors
+        if hasattr(desc, "detach"):
+            desc = desc.detach().cpu().numpy()
+        desc = np.asarray(desc)
+        if desc.ndim != 2 or desc.shape[0] != n:
+            raise ContractError(f"descriptors has shape {tuple(desc.shape)}, expected (N, D) with N={n}")
+        if desc.dtype == np.uint8:
+            self.descriptors = np.ascontiguousarray(desc)
+        else:
+            self.descriptors = _as_array("descriptors", desc, np.float32, (n, None), f"(N, D) with N={n}")
+        if self.image_size is None or len(self.image_size) != 2:
+            raise ContractError(f"image_size is {self.image_size!r}, expected (W, H)")
+        w, h = (int(v) for v in self.image_size)
+        if w <= 0 or h <= 0:
+            raise ContractError(f"image_size is {(w, h)}, expected positive (W, H)")
+        self.image_size = (w, h)
+        for name in ("scales", "orientations"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _as_array(name, value, np.float32, (n,), f"(N,) with N={n}"))
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension D."""
+        return self.descriptors.shape[1]
+
+    def select(self, index) -> "Features":
+        """A new `Features` holding the rows `index` (boolean mask or integer indices)."""
+        return Features(
+            keypoints=self.keypoints[index], scores=self.scores[index],
+            descriptors=self.descriptors[index], image_size=self.image_size,
+            scales=None if self.scales is None else self.scales[index],
+            orientations=None if self.orientations is None else self.orientations[index],
+        )
+
+    def to_dict(self) -> dict:
+        """Arrays by name; optional fields only when present. `image_size` as int array (W, H)."""
+        out = {"keypoints": self.keypoints, "scores": self.scores, "descriptors": self.descriptors,
+               "image_size": np.asarray(self.image_size, dtype=np.int64)}
+        for name in ("scales", "orientations"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Features":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(np.asarray(v).tolist()) if k == "image_size" else v)
+                      for k, v in data.items() if k in known})
+
+    def equals(self, other: "Features") -> bool:
+        """Exact equality of every field (used by resume and round-trip checks)."""
+        a, b = self.to_dict(), other.to_dict()
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@dataclass
+class Matches:
+    """Correspondences between two `Features`.
+
+    indices: int64 (M, 2), column 0 indexes the keypoints of image 0, column 1 those of image 1.
+    scores:  float32 (M,), higher is better (for nearest neighbours: descriptor similarity).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        idx = self.indices
+        if hasattr(idx, "detach"):
+            idx = idx.detach().cpu().numpy()
+        idx = np.asarray(idx)
+        if idx.size == 0:
+            idx = idx.reshape(0, 2)
+        if idx.ndim != 2 or idx.shape[1] != 2:
+            raise ContractError(f"indices has shape {tuple(idx.shape)}, expected (M, 2)")
+        if idx.dtype.kind not in "iu":
+            raise ContractError(f"indices has dtype {idx.dtype}, expected integers (stored as int64)")
+        if idx.size and idx.min() < 0:
+            raise ContractError("indices holds negative values; unmatched points are simply absent")
+        self.indices = np.ascontiguousarray(idx, dtype=np.int64)
+        m = len(self.indices)
+        if self.scores is None:
+            self.scores = np.ones(m, np.float32)
+        self.scores = _as_array("scores", self.scores, np.float32, (m,), f"(M,) with M={m}")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def check_against(self, features0: Features, features1: Features) -> "Matches":
+        """Raise when an index is out of range for the keypoints it points into; return self."""
+        for col, feats in enumerate((features0, features1)):
+            if len(self) and self.indices[:, col].max() >= len(feats):
+                raise ContractError(
+                    f"indices[:, {col}] reaches {int(self.indices[:, col].max())} but image {col} "
+                    f"has only {len(feats)} keypoints")
+        return self
+
+    def select(self, index) -> "Matches":
+        return Matches(self.indices[index], self.scores[index])
+
+    def to_dict(self) -> dict:
+        return {"indices": self.indices, "scores": self.scores}
