@@ -165,3 +165,17 @@ def load_torch_checkpoint(path: str | os.PathLike, allowed_globals: Sequence = (
     except Exception as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
 
+
+
+# The weights table: every official file a registered model can load, by a short key.
+# Each model adds its entries in a block of its own, above the end marker.
+WEIGHTS: dict[str, WeightSpec] = {
+    # --- end of weights table ---
+}
+
+
+def weight_spec(key: str) -> WeightSpec:
+    """The `WeightSpec` registered under `key` (e.g. 'r2d2_WASF_N16'); a clear error otherwise."""
+    if key not in WEIGHTS:
+        raise KeyError(f"no weights named {key!r}; known: {sorted(WEIGHTS)}")
+    return WEIGHTS[key]
