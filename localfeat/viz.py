@@ -1,0 +1,168 @@
+"""Pictures: keypoints on an image, matches between two images, dense score maps.
+
+Drawing is done with OpenCV on uint8 RGB arrays (fast, deterministic, no display needed);
+`save_png` writes atomically. Coordinates follow the data contract (pixel centres at integers).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .io.atomic import atomic_path
+
+GREEN, RED = (40, 200, 60), (230, 40, 40)
+_SUBPIXEL = 4  # cv2 drawing with 4 fractional bits: sub-pixel positions are drawn where they are
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 image as PNG, atomically."""
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode a PNG for {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return path
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(points, np.float64) * (1 << _SUBPIXEL)).astype(np.int64)
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """(M,) values -> (M, 3) uint8 RGB colours (turbo), min..max scaled."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return np.zeros((0, 3), np.uint8)
+    span = v.max() - v.min()
+    v = (v - v.min()) / span if span > 0 else np.ones_like(v)
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0, ::-1]
+    return lut[np.round(v * 255).astype(int)]
+
+
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, colors=None, radius: int = 2) -> np.ndarray:
+    """RGB copy of `image` (H, W[, 3]) with `keypoints` (N, 2) drawn as filled circles."""
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image.copy()
+    if colors is None:
+        colors = np.tile(np.array([[255, 220, 0]], np.uint8), (len(keypoints), 1))
+    for (x, y), c in zip(_fixed(keypoints), colors):
+        cv2.circle(out, (int(x), int(y)), radius << _SUBPIXEL, tuple(int(v) for v in c), -1,
+                   cv2.LINE_AA, _SUBPIXEL)
+    return out
+
+
+def side_by_side(image0: np.ndarray, image1: np.ndarray, gap: int = 10) -> tuple[np.ndarray, int]:
+    """Both images (as RGB) next to each other on a white canvas; returns it and the x offset of image1."""
+    a = cv2.cvtColor(image0, cv2.COLOR_GRAY2RGB) if image0.ndim == 2 else image0
+    b = cv2.cvtColor(image1, cv2.COLOR_GRAY2RGB) if image1.ndim == 2 else image1
+    h = max(a.shape[0], b.shape[0])
+    canvas = np.full((h, a.shape[1] + gap + b.shape[1], 3), 255, np.uint8)
+    canvas[: a.shape[0], : a.shape[1]] = a
+    canvas[: b.shape[0], a.shape[1] + gap:] = b
+    return canvas, a.shape[1] + gap
+
+
+def draw_matches(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarray, keypoints1: np.ndarray,
+                 indices: np.ndarray, inliers: Optional[np.ndarray] = None, scores: Optional[np.ndarray] = None,
+                 max_lines: Optional[int] = None, thickness: int = 1) -> np.ndarray:
+    """Side-by-side picture with a line per match.
+
+    indices (M, 2) into keypoints0 (N0, 2) and keypoints1 (N1, 2); inliers (M,) bool colours lines
+    green/red; otherwise scores (M,) colour them (turbo), else a single colour. max_lines keeps
+    an evenly spaced subset.
+    """
+    canvas, offset = side_by_side(image0, image1)
+    indices = np.asarray(indices, np.int64).reshape(-1, 2)
+    if inliers is not None:
+        inliers = np.asarray(inliers, bool).reshape(-1)
+        if len(inliers) != len(indices):
+            raise ValueError(f"inlier mask has {len(inliers)} entries for {len(indices)} matches")
+        colors = np.where(inliers[:, None], np.array(GREEN, np.uint8), np.array(RED, np.uint8))
+    elif scores is not None and len(scores) == len(indices):
+        colors = _colormap(scores)
+    else:
+        colors = np.tile(np.array([[0, 200, 255]], np.uint8), (len(indices), 1))
+    keep = np.arange(len(indices))
+    if max_lines is not None and len(indices) > max_lines:
+        keep = np.linspace(0, len(indices) - 1, max_lines).round().astype(int)
+    p0 = _fixed(keypoints0[indices[keep, 0]])
+    p1 = _fixed(keypoints1[indices[keep, 1]] + np.array([offset, 0.0]))
+    for a, b, c in zip(p0, p1, colors[keep]):
+        color = tuple(int(v) for v in c)
+        cv2.line(canvas, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), color, thickness, cv2.LINE_AA, _SUBPIXEL)
+        for p in (a, b):
+            cv2.circle(canvas, (int(p[0]), int(p[1])), 2 << _SUBPIXEL, color, -1, cv2.LINE_AA, _SUBPIXEL)
+    return canvas
+
+
+def draw_heatmaps(image: np.ndarray, maps: dict, alpha: float = 0.6) -> np.ndarray:
+    """The image, then each named map (H, W) over it (turbo colours), in one row with titles."""
+    base = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
+    panels = [base]
+    for name, m in maps.items():
+        m = np.asarray(m, np.float32)
+        if m.shape != base.shape[:2]:
+            m = cv2.resize(m, (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
+        lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
+        norm = np.zeros_like(m) if hi <= lo else (m - lo) / (hi - lo)
+        colored = cv2.applyColorMap(np.round(norm * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1]
+        panel = cv2.addWeighted(base, 1 - alpha, colored, alpha, 0)
+        cv2.putText(panel, f"{name} [{lo:.2g}, {hi:.2g}]", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                    (255, 255, 255), 2, cv2.LINE_AA)
+        panels.append(panel)
+    gap = np.full((base.shape[0], 10, 3), 255, np.uint8)
+    row = [panels[0]]
+    for p in panels[1:]:
+        row += [gap, p]
+    return np.concatenate(row, axis=1)
+
+
+def _load_inliers(path: str) -> np.ndarray:
+    if path.endswith(".npy"):
+        return np.load(path).astype(bool)
+    return np.loadtxt(path).astype(bool).reshape(-1)
+
+
+def view_command(args) -> Path:
+    """`localfeat view`: keypoints (one image), matches (two images) or --heatmaps (one image)."""
+    from .cli import model_conf
+    from .io.h5 import FeatureStore, MatchStore
+    from .io.images import read_image
+    from .registry import load_extractor, load_matcher, parse_conf_items
+
+    if len(args.images) not in (1, 2):
+        raise ValueError(f"view takes one or two images, got {len(args.images)}")
+    paths = [Path(p) for p in args.images]
+    images = [read_image(p) for p in paths]
+
+    def store_name(path: Path) -> str:
+        return path.relative_to(args.root).as_posix() if args.root else path.name
+
+    extractor = None
+    if args.heatmaps or not args.features:
+        extractor = load_extractor(args.model, **model_conf(args))
+    if args.heatmaps:
+        if not hasattr(extractor, "dense_maps"):
+            raise ValueError(f"model {args.model!r} has no dense maps to show (--heatmaps)")
+        return save_png(args.output, draw_heatmaps(images[0], extractor.dense_maps(images[0])))
+    if args.features:
+        store = FeatureStore(args.features, mode="r")
+        feats = [store.get(store_name(p)) for p in paths]
+    else:
+        feats = [extractor.extract(img) for img in images]
+    if len(paths) == 1:
+        f = feats[0]
+        colors = _colormap(f.scores) if len(f) else None
+        return save_png(args.output, draw_keypoints(images[0], f.keypoints, colors))
+    if args.matches:
+        matches = MatchStore(args.matches, mode="r").get(store_name(paths[0]), store_name(paths[1]))
+    else:
+        matches = load_matcher(args.matcher).match(feats[0], feats[1])
+    inliers = _load_inliers(args.inliers) if args.inliers else None
+    picture = draw_matches(images[0], images[1], feats[0].keypoints, feats[1].keypoints, matches.indices,
+                           inliers=inliers, scores=matches.scores, max_lines=args.max_lines)
+    return save_png(args.output, picture)
