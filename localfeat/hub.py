@@ -170,6 +170,21 @@ def load_torch_checkpoint(path: str | os.PathLike, allowed_globals: Sequence = (
 # The weights table: every official file a registered model can load, by a short key.
 # Each model adds its entries in a block of its own, above the end marker.
 WEIGHTS: dict[str, WeightSpec] = {
+    # --- LightGlue matcher (cvg/LightGlue release v0.1_arxiv; Apache-2.0). sha256: not published by the
+    # release and the files were not available offline to hash. torch.hub caches them as
+    # <name>_v0-1_arxiv.pth; localfeat.matchers.lightglue also looks for that name.
+    "lightglue_superpoint": WeightSpec(
+        "superpoint_lightglue.pth",
+        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/superpoint_lightglue.pth",),
+        None, "Apache-2.0", False),
+    "lightglue_disk": WeightSpec(
+        "disk_lightglue.pth",
+        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/disk_lightglue.pth",),
+        None, "Apache-2.0", False),
+    "lightglue_aliked": WeightSpec(
+        "aliked_lightglue.pth",
+        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",),
+        None, "Apache-2.0", False),
     # --- end of weights table ---
 }
 
