@@ -76,3 +76,61 @@ def sample_dense(dense: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear"
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     return F.normalize(x, p=2, dim=dim, eps=eps)
+
+
+def argmax_pool_nms(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Boolean mask (same shape as `scores`, (B, H, W) or (B, 1, H, W)) of window maxima, ties resolved.
+
+    A pixel is kept when the argmax that `F.max_pool2d(..., return_indices=True)` reports for the
+    kernel_size x kernel_size window centred on it (stride 1, out-of-image = -inf) is the pixel itself.
+    Within a plateau only the pixel PyTorch's max-pool reports first survives (DISK's NMS).
+    """
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    x = scores if scores.dim() == 4 else scores[:, None]
+    _, idx = F.max_pool2d(x, kernel_size=kernel_size, stride=1, padding=kernel_size // 2, return_indices=True)
+    h, w = x.shape[-2:]
+    own = torch.arange(h * w, device=x.device).view(1, 1, h, w)
+    mask = idx == own
+    return mask if scores.dim() == 4 else mask[:, 0]
+
+
+def iterative_max_pool_nms(scores: torch.Tensor, radius: int, iterations: int = 2) -> torch.Tensor:
+    """SuperGlue/LightGlue `simple_nms`: scores (B, H, W) with non-maxima set to 0.
+
+    Window maxima of size 2*radius+1 are kept; then, `iterations` times, pixels outside the windows of
+    the current maxima that are maxima of the remaining scores are added.
+    """
+    def pool(x):
+        return F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+    zeros = torch.zeros_like(scores)
+    max_mask = scores == pool(scores)
+    for _ in range(iterations):
+        supp_mask = pool(max_mask.float()) > 0
+        supp_scores = torch.where(supp_mask, zeros, scores)
+        new_max_mask = supp_scores == pool(supp_scores)
+        max_mask = max_mask | (new_max_mask & (~supp_mask))
+    return torch.where(max_mask, scores, zeros)
+
+
+def greedy_box_nms(xy: np.ndarray, scores: np.ndarray, radius: int, size_wh: tuple[int, int]) -> np.ndarray:
+    """Greedy NMS of integer points (Magic Leap SuperPoint `nms_fast`); returns kept indices, best first.
+
+    xy (N, 2) integer pixel (x, y) inside an image of size (W, H); scores (N,). Points are visited by
+    decreasing score (stable for ties); each kept point suppresses the (2*radius+1)^2 box around it.
+    """
+    w, h = size_wh
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    grid = np.zeros((h + 2 * radius, w + 2 * radius), np.int8)  # 1 = candidate, -1 = kept, 0 = free/suppressed
+    xs = np.asarray(xy[:, 0], np.int64) + radius
+    ys = np.asarray(xy[:, 1], np.int64) + radius
+    grid[ys, xs] = 1
+    keep = []
+    for i in order.tolist():
+        x, y = xs[i], ys[i]
+        if grid[y, x] == 1:
+            grid[y - radius:y + radius + 1, x - radius:x + radius + 1] = 0
+            grid[y, x] = -1
+            keep.append(i)
+    return np.asarray(keep, np.int64)
