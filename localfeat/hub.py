@@ -93,9 +93,10 @@ def _download(url: str, dest: Path, expected_sha256: Optional[str]) -> None:
     start = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     with urllib.request.urlopen(request, timeout=60) as response:
-        if start and response.status != 206:  # server ignored the range: start over
+        if start and getattr(response, "status", None) != 206:  # range ignored: start over
             start = 0
-        total = response.length and response.length + start
+        length = response.headers.get("Content-Length")
+        total = int(length) + start if length else None
         with open(part, "ab" if start else "wb") as f, tqdm(
                 total=total, initial=start, unit="B", unit_scale=True, desc=dest.name,
                 disable=None) as bar:
@@ -125,9 +126,9 @@ def find_weights(spec: WeightSpec, override: Optional[str | os.PathLike] = None,
         notice_licence(spec)
         return path
     path = locate(spec)
+    errors: list[str] = []
     if path is None and download and spec.urls and os.environ.get("LOCALFEAT_OFFLINE") != "1":
         dest = cache_dir() / spec.filename
-        errors = []
         for url in spec.urls:
             try:
                 logger.info("downloading %s from %s", spec.filename, url)
@@ -136,14 +137,13 @@ def find_weights(spec: WeightSpec, override: Optional[str | os.PathLike] = None,
                 break
             except Exception as exc:  # network errors come in many types; report them all below
                 errors.append(f"{url}: {exc}")
-        if path is None:
-            logger.debug("download failures: %s", errors)
     if path is None:
         dirs = ", ".join(str(d) for d in search_dirs())
         urls = " or ".join(spec.urls) if spec.urls else "(no public URL known)"
+        failures = f" Download attempts failed: {'; '.join(errors)}." if download and errors else ""
         raise WeightsNotFoundError(
             f"weights file {spec.filename!r} not found. Download it from {urls} and put it in one of: "
-            f"{dirs} (set LOCALFEAT_WEIGHTS to add a directory), or pass weights=PATH.")
+            f"{dirs} (set LOCALFEAT_WEIGHTS to add a directory), or pass weights=PATH.{failures}")
     notice_licence(spec)
     return path
 
@@ -185,6 +185,29 @@ WEIGHTS: dict[str, WeightSpec] = {
         "aliked_lightglue.pth",
         ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",),
         None, "Apache-2.0", False),
+    # --- DISK, SuperPoint, D2-Net extractors (issue 6). sha256: none is published by the releases and
+    # the files are not available offline to hash, so None (the download is not hash-checked).
+    # DISK: cvlab-epfl/disk repo root (Apache-2.0); the URLs kornia and LightGlue download from.
+    "disk_depth": WeightSpec(
+        "depth-save.pth",
+        ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",),
+        None, "Apache-2.0", False),
+    "disk_epipolar": WeightSpec(
+        "epipolar-save.pth",
+        ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/epipolar-save.pth",),
+        None, "Apache-2.0", False),
+    # SuperPoint: Magic Leap academic/non-profit NON-COMMERCIAL licence; never packaged.
+    "superpoint_v1": WeightSpec(
+        "superpoint_v1.pth",
+        ("https://github.com/magicleap/SuperPointPretrainedNetwork/raw/master/superpoint_v1.pth",
+         "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/superpoint_v1.pth"),
+        None, "Magic Leap SuperPoint licence (academic or non-profit non-commercial research use only)", True),
+    # D2-Net: mihaidusmanu/d2-net README wget lines (Clear BSD).
+    "d2net_tf": WeightSpec(
+        "d2_tf.pth", ("https://dusmanu.com/files/d2-net/d2_tf.pth",), None, "Clear BSD", False),
+    "d2net_tf_no_phototourism": WeightSpec(
+        "d2_tf_no_phototourism.pth", ("https://dusmanu.com/files/d2-net/d2_tf_no_phototourism.pth",),
+        None, "Clear BSD", False),
     # --- end of weights table ---
 }
 
