@@ -208,6 +208,30 @@ WEIGHTS: dict[str, WeightSpec] = {
     "d2net_tf_no_phototourism": WeightSpec(
         "d2_tf_no_phototourism.pth", ("https://dusmanu.com/files/d2-net/d2_tf_no_phototourism.pth",),
         None, "Clear BSD", False),
+    # --- ALIKE (Shiaoming/ALIKE, models/ at commit 4e61fc7; BSD-3-Clause) and ALIKED (Shiaoming/ALIKED,
+    # models/ at commit 683d7c6; BSD-3-Clause). sha256 computed on the official files. aliked-t16 and
+    # aliked-n32 are not in that commit (no offline copy): URL as LightGlue's loader uses it, hash unknown.
+    "alike-t": WeightSpec("alike-t.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-t.pth",),
+                          "c0840329a6b88518d914b03af2be956f5607055a389ba17441db02bb94f7d12e", "BSD-3-Clause", False),
+    "alike-s": WeightSpec("alike-s.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-s.pth",),
+                          "a9c0789ff0a09f576cc24afe4924d3233471499d1ce3b0248d650c8794e99a94", "BSD-3-Clause", False),
+    "alike-n": WeightSpec("alike-n.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-n.pth",),
+                          "8bd4789272eec779be280f8fc1007608ff604241440a0a3377c1559199412ee3", "BSD-3-Clause", False),
+    "alike-l": WeightSpec("alike-l.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-l.pth",),
+                          "bed5fbbf352ab1c3e92e2241881f8b84edce949984fa23bc7f2517eab93938a0", "BSD-3-Clause", False),
+    "aliked-t16": WeightSpec("aliked-t16.pth",
+                             ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-t16.pth",),
+                             None, "BSD-3-Clause", False),
+    "aliked-n16": WeightSpec("aliked-n16.pth",
+                             ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16.pth",),
+                             "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2", "BSD-3-Clause", False),
+    "aliked-n16rot": WeightSpec("aliked-n16rot.pth",
+                                ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16rot.pth",),
+                                "ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332", "BSD-3-Clause",
+                                False),
+    "aliked-n32": WeightSpec("aliked-n32.pth",
+                             ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n32.pth",),
+                             None, "BSD-3-Clause", False),
     # --- end of weights table ---
 }
 
