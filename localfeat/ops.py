@@ -134,3 +134,55 @@ def greedy_box_nms(xy: np.ndarray, scores: np.ndarray, radius: int, size_wh: tup
             grid[y, x] = -1
             keep.append(i)
     return np.asarray(keep, np.int64)
+
+
+def image_pyramid(image: torch.Tensor, scale_f: float = 2 ** 0.25, min_scale: float = 0.0,
+                  max_scale: float = 1.0, min_size: Optional[int] = 256, max_size: Optional[int] = 1024):
+    """Multi-scale pyramid of R2D2's `extract_multiscale`: yields (s, level) for the kept levels.
+
+    image: (B, C, H, W). The nominal scale s starts at 1 and is divided by `scale_f` after each
+    level; the loop runs while s + 0.001 >= max(min_scale, min_size / max(H, W)) and a level is
+    yielded when s - 0.001 <= min(max_scale, max_size / max(H, W)) (min_size/max_size None = no
+    limit). Each level is the bilinear (align_corners=False, no antialias) resize of the PREVIOUS
+    level to (round(H*s), round(W*s)), also for levels that are not yielded. Levels are computed
+    lazily, so only one is held at a time.
+    """
+    if not scale_f > 1:
+        raise ValueError(f"scale_f must be > 1, got {scale_f!r}")
+    h, w = image.shape[-2:]
+    lowest = max(min_scale, (min_size or 0) / max(h, w))
+    highest = min(max_scale, max_size / max(h, w) if max_size is not None else float("inf"))
+    s, level = 1.0, image
+    while s + 0.001 >= lowest:
+        if s - 0.001 <= highest:
+            yield s, level
+        s /= scale_f
+        nh, nw = round(h * s), round(w * s)
+        if nh < 1 or nw < 1:
+            return
+        level = F.interpolate(level, (nh, nw), mode="bilinear", align_corners=False)
+
+
+def tile_windows(height: int, width: int, tile: Optional[int], margin: int, multiple: int = 1) -> list:
+    """Overlapping windows that cover an H x W map for tiled inference of a convolutional network.
+
+    The cores (tile x tile, the last ones smaller) partition the map; each window is its core grown
+    by `margin` on every side and clipped to the map. With margin >= the network's receptive radius,
+    the output of a window is exact inside its core. Starts are multiples of `multiple` (e.g. 2 for a
+    network that pools 2x2). tile None = one window.
+
+    Returns a list of (window, core) boxes (y0, y1, x0, x1) in map pixels (end exclusive).
+    """
+    if tile is None or (height <= tile and width <= tile):
+        return [((0, height, 0, width), (0, height, 0, width))]
+    if tile < multiple or tile % multiple:
+        raise ValueError(f"tile size {tile} must be a positive multiple of {multiple}")
+    margin = -(-margin // multiple) * multiple
+    out = []
+    for y0 in range(0, height, tile):
+        y1 = min(y0 + tile, height)
+        for x0 in range(0, width, tile):
+            x1 = min(x0 + tile, width)
+            window = (max(0, y0 - margin), min(height, y1 + margin), max(0, x0 - margin), min(width, x1 + margin))
+            out.append((window, (y0, y1, x0, x1)))
+    return out
