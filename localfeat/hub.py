@@ -232,6 +232,33 @@ WEIGHTS: dict[str, WeightSpec] = {
     "aliked-n32": WeightSpec("aliked-n32.pth",
                              ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n32.pth",),
                              None, "BSD-3-Clause", False),
+    # --- R2D2 / Fast-R2D2 (naver/r2d2, models/; CC BY-NC-SA 3.0: non-commercial, never packaged) ---
+    # sha256 of the released files (faster2d2_WASF_N8_big: not available offline, so unknown).
+    "r2d2_WAF_N16": WeightSpec(
+        "r2d2_WAF_N16.pt",
+        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/r2d2_WAF_N16.pt",
+         "https://github.com/naver/r2d2/raw/master/models/r2d2_WAF_N16.pt"),
+        "27cebd6608317b35198a76f60f87492110dee3e88ca382586a729dadb1a16b90", "CC BY-NC-SA 3.0", non_commercial=True),
+    "r2d2_WASF_N16": WeightSpec(
+        "r2d2_WASF_N16.pt",
+        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/r2d2_WASF_N16.pt",
+         "https://github.com/naver/r2d2/raw/master/models/r2d2_WASF_N16.pt"),
+        "9ae90e02a9a133d100ca7aeaa32f4d4d7736a6dd222a530a25c8f7da5e508528", "CC BY-NC-SA 3.0", non_commercial=True),
+    "r2d2_WASF_N8_big": WeightSpec(
+        "r2d2_WASF_N8_big.pt",
+        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/r2d2_WASF_N8_big.pt",
+         "https://github.com/naver/r2d2/raw/master/models/r2d2_WASF_N8_big.pt"),
+        "597dc13998e211e827c550bdc8f76dbb4aca32747846f96962c9168586cec418", "CC BY-NC-SA 3.0", non_commercial=True),
+    "faster2d2_WASF_N16": WeightSpec(
+        "faster2d2_WASF_N16.pt",
+        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/faster2d2_WASF_N16.pt",
+         "https://github.com/naver/r2d2/raw/master/models/faster2d2_WASF_N16.pt"),
+        "217daa3a166bfe9bf2b68c05c1607a09dd4d552ae1bbeda885479d504eefc14b", "CC BY-NC-SA 3.0", non_commercial=True),
+    "faster2d2_WASF_N8_big": WeightSpec(
+        "faster2d2_WASF_N8_big.pt",
+        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/faster2d2_WASF_N8_big.pt",
+         "https://github.com/naver/r2d2/raw/master/models/faster2d2_WASF_N8_big.pt"),
+        None, "CC BY-NC-SA 3.0", non_commercial=True),
     # --- end of weights table ---
 }
 
