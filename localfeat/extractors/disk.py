@@ -1,0 +1,200 @@
+"""DISK (Tyszkiewicz et al., NeurIPS 2020): a U-Net giving a detection heatmap and 128-D descriptors.
+
+Architecture and extraction follow the release (cvlab-epfl/disk `detect.py`, U-Net of jatentaki/unets
+`no_norm_at_start`) so that the official `depth-save.pth` / `epipolar-save.pth` load unchanged:
+
+    Unet(in=3, kernel 5, down=[16, 32, 64, 64, 64], up=[64, 64, 64, 129])
+    down block 0: conv 3->16; down blocks 1-4: avg-pool 2, InstanceNorm, PReLU, conv
+    up blocks:    bilinear x2 of the bottom input, concat [up, skip], InstanceNorm, PReLU, conv
+    output (B, 129, H, W): channels 0..127 raw descriptors, channel 128 heatmap logits
+
+Extraction (`detect.py --mode nms`): the image is padded with zeros (bottom/right) to a multiple of 16,
+a pixel is a keypoint when it is the max-pool argmax of its `nms_window` window and its logit is
+> `detection_threshold`; the descriptor is the raw map at that pixel, L2-normalised; the score is the
+heatmap logit. Keypoints are integer pixel positions (pixel-centre convention, no offset), sorted by
+decreasing score, those falling into the padding dropped.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import hub
+from ..ops import argmax_pool_nms, image_to_tensor, l2_normalize
+from ..registry import ConfigError
+from ..types import Features
+from ._statedict import load_strict, state_dict_from_file
+from .base import Extractor
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = {"depth": "disk_depth", "epipolar": "disk_epipolar"}
+DESC_DIM = 128
+KERNEL = 5
+DOWN = (16, 32, 64, 64, 64)
+UP = (64, 64, 64, DESC_DIM + 1)
+MULTIPLE = 2 ** (len(DOWN) - 1)  # 16: H and W must be divisible by it
+
+
+def _conv_unit(c_in: int, c_out: int, norm: bool) -> nn.Sequential:
+    """[norm, PReLU, dropout slot, conv] -- the indices 0..3 of the release's state_dict keys."""
+    return nn.Sequential(
+        nn.InstanceNorm2d(c_in, affine=False, track_running_stats=False) if norm else nn.Identity(),
+        nn.PReLU(c_in) if norm else nn.Identity(),
+        nn.Identity(),  # dropout: disabled in the release configuration, no parameters
+        nn.Conv2d(c_in, c_out, KERNEL, padding=KERNEL // 2, bias=True),
+    )
+
+
+class _Down(nn.Sequential):
+    """[downsampling (avg-pool 2, or nothing for the first block), conv unit]."""
+
+    def __init__(self, c_in: int, c_out: int, first: bool):
+        super().__init__(nn.Identity() if first else nn.AvgPool2d(2), _conv_unit(c_in, c_out, norm=not first))
+
+
+class _Up(nn.Module):
+    def __init__(self, c_bottom: int, c_skip: int, c_out: int):
+        super().__init__()
+        self.conv = _conv_unit(c_bottom + c_skip, c_out, norm=True)
+
+    def forward(self, bottom: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(bottom, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([up, skip], dim=1))
+
+
+class DiskUNet(nn.Module):
+    """The release's U-Net: (B, 3, H, W) in [0, 1], H and W multiples of 16 -> (B, 129, H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        c_in = (3,) + DOWN[:-1]
+        self.path_down = nn.ModuleList(_Down(a, b, first=i == 0) for i, (a, b) in enumerate(zip(c_in, DOWN)))
+        bottoms = (DOWN[-1],) + UP[:-1]
+        skips = DOWN[-2::-1]
+        self.path_up = nn.ModuleList(_Up(b, s, o) for b, s, o in zip(bottoms, skips, UP))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % MULTIPLE or w % MULTIPLE:
+            raise ValueError(f"DISK U-Net input is {h}x{w}; H and W must be multiples of {MULTIPLE} (pad first)")
+        skips = []
+        for block in self.path_down:
+            x = block(x)
+            skips.append(x)
+        x = skips.pop()
+        for block in self.path_up:
+            x = block(x, skips.pop())
+        return x
+
+
+class DiskNet(nn.Module):
+    """`unet` under the release's attribute name, so checkpoint keys read `unet.path_down.0.1.3.weight`."""
+
+    def __init__(self):
+        super().__init__()
+        self.unet = DiskUNet()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image (B, 3, H, W) in [0, 1] -> raw descriptors (B, 128, H, W), heatmap logits (B, 1, H, W)."""
+        out = self.unet(image)
+        return out[:, :DESC_DIM], out[:, DESC_DIM:]
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) at the bottom and right so that H and W are multiples of `multiple`."""
+    h, w = image.shape[-2:]
+    return F.pad(image, (0, -w % multiple, 0, -h % multiple))
+
+
+def nms_keypoints(heatmap: torch.Tensor, window: int = 5, threshold: float = 0.0,
+                  max_keypoints: int | None = None, official_n_rule: bool = False,
+                  valid_hw: tuple[int, int] | None = None):
+    """DISK's NMS on one heatmap (H, W) of logits -> (xy long (N, 2), scores (N,)) in raster order.
+
+    valid_hw: (h, w) of the image inside a padded heatmap; maxima at y >= h or x >= w are dropped
+    (before the top-n selection). The NMS windows still see the padded area, as in the release.
+
+    max_keypoints: None keeps all; else the `max_keypoints` best. With `official_n_rule` the release's
+    rule is applied instead: threshold at the (n+1)-th best score (or the weakest one when there are
+    <= n), keep scores strictly above it -- this drops the weakest keypoint when count <= n.
+    """
+    keep = argmax_pool_nms(heatmap[None], window)[0] & (heatmap > threshold)
+    if valid_hw is not None:
+        keep[valid_hw[0]:] = False
+        keep[:, valid_hw[1]:] = False
+    yx = keep.nonzero()
+    scores = heatmap[keep]
+    if max_keypoints is not None and len(scores):
+        if official_n_rule:
+            n_ = min(max_keypoints + 1, scores.numel())
+            cut = -torch.kthvalue(-scores, n_).values
+            sel = scores > cut
+        else:
+            sel = torch.zeros_like(scores, dtype=torch.bool)
+            sel[torch.topk(scores, min(max_keypoints, scores.numel())).indices] = True
+        yx, scores = yx[sel], scores[sel]
+    return yx.flip(1), scores
+
+
+class DISK(Extractor):
+    """DISK keypoints and 128-D descriptors (see module docstring).
+
+    Config:
+      variant:   'depth' (default, depth-save.pth) or 'epipolar' (epipolar-save.pth).
+      weights:   None (official file of the variant) or a path to any compatible checkpoint
+                 (bare state_dict, or a dict with 'extractor' / 'disk' entries as the release saves).
+      max_keypoints: None (all NMS maxima, as detect.py's default) or the number of best ones to keep.
+      nms_window: odd NMS window size in pixels (detect.py --window, 5).
+      detection_threshold: keep logits strictly above it (detect.py cutoff 0).
+      official_n_rule: apply the release's top-n rule, which also drops the weakest keypoint when the
+                 image has <= max_keypoints maxima (False: exactly the min(n, count) best).
+    Output: scores are heatmap logits; no scales/orientations.
+    """
+
+    name = "disk"
+    input_mode = "rgb"
+    default_conf = {
+        "variant": "depth",
+        "weights": None,
+        "max_keypoints": None,
+        "nms_window": 5,
+        "detection_threshold": 0.0,
+        "official_n_rule": False,
+    }
+
+    def __init__(self, **conf):
+        super().__init__(**conf)
+        c = self.conf
+        if c["variant"] not in VARIANTS:
+            raise ConfigError(f"disk: variant must be one of {sorted(VARIANTS)}, got {c['variant']!r}")
+        if c["max_keypoints"] is not None and (not isinstance(c["max_keypoints"], int) or c["max_keypoints"] < 1):
+            raise ConfigError(f"disk: max_keypoints must be None or a positive integer, got {c['max_keypoints']!r}")
+        if not isinstance(c["nms_window"], int) or c["nms_window"] < 1 or c["nms_window"] % 2 == 0:
+            raise ConfigError(f"disk: nms_window must be an odd positive integer, got {c['nms_window']!r}")
+        spec = self.weight_specs(c)[0]
+        path = hub.find_weights(spec, override=c["weights"])
+        self.net = DiskNet()
+        load_strict(self.net, state_dict_from_file(path, entries=("extractor", "disk")), path, "DISK")
+        self.net.eval().to(self.device)
+        logger.info("disk: loaded %s", path)
+
+    @classmethod
+    def weight_specs(cls, conf: dict) -> list:
+        return [hub.weight_spec(VARIANTS[conf.get("variant", "depth")])]
+
+    @torch.no_grad()
+    def _extract(self, image: np.ndarray) -> Features:
+        h, w = image.shape[:2]
+        x = pad_to_multiple(image_to_tensor(image, device=self.device))
+        desc, heat = self.net(x)
+        xy, scores = nms_keypoints(heat[0, 0], self.conf["nms_window"], float(self.conf["detection_threshold"]),
+                                   self.conf["max_keypoints"], self.conf["official_n_rule"], valid_hw=(h, w))
+        order = torch.argsort(scores, descending=True, stable=True)
+        xy, scores = xy[order], scores[order]
+        d = l2_normalize(desc[0][:, xy[:, 1], xy[:, 0]].t())
+        return Features(xy.float().cpu().numpy(), scores.cpu().numpy(), d.cpu().numpy(), (w, h))
