@@ -1,0 +1,1 @@
+"""Datasets: readers of benchmark data and training pair sources."""

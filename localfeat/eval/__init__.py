@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure functions), benchmark runners, result caches and plots."""

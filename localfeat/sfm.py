@@ -1,0 +1,203 @@
+"""Structure-from-motion with pycolmap: images -> features -> matches -> database -> verified -> sparse model.
+
+    from localfeat.sfm import reconstruct
+    summary = reconstruct("photos/", "out/", model="sift", conf={"max_keypoints": 4096})
+
+Every stage reads and writes files in the output folder, so a run can be inspected and resumed:
+
+    OUT/features.h5        extracted features (resumed)
+    OUT/pairs.txt          the image pairs matched
+    OUT/matches.h5         matches (resumed)
+    OUT/database.db        COLMAP database (rewritten each run; keypoints +0.5 at this boundary)
+    OUT/models/<k>/        every reconstruction pycolmap produced (binary)
+    OUT/sparse/            the largest reconstruction, COLMAP binary format
+    OUT/sparse_text/       the same, COLMAP text format
+    OUT/summary.json       num_images, num_registered, num_points3d, mean_track_length,
+                           mean_reprojection_error (pixels), plus the configuration and timings
+
+Needs pycolmap (``pip install 'localfeat[sfm]'``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from tqdm import tqdm
+
+from .io.atomic import write_text_atomic
+from .io.colmap import ColmapError, _require_pycolmap, export_colmap
+from .io.h5 import FeatureStore
+from .io.images import list_images
+from .pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
+from .pipeline import extract, match
+
+logger = logging.getLogger(__name__)
+
+# Matcher settings per extractor when the user gives none: Lowe's ratio test suits SIFT;
+# learned descriptors use mutual nearest neighbours only (as hloc does for R2D2/ALIKE-like models).
+DEFAULT_MATCHER_CONF = {"sift": {"mutual": True, "ratio": 0.8}}
+
+SUMMARY_KEYS = ("num_images", "num_registered", "num_points3d", "mean_track_length", "mean_reprojection_error")
+
+PairsSpec = Union[str, Sequence]
+
+
+def resolve_pairs(spec: PairsSpec, names: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs from a spec: 'exhaustive', ('sequential', K) / 'sequential K', a pairs file path, or a list of pairs."""
+    if isinstance(spec, (list, tuple)) and spec and isinstance(spec[0], (list, tuple)):
+        return [(str(a), str(b)) for a, b in spec]
+    parts = spec.split() if isinstance(spec, str) else [str(s) for s in spec]
+    if not parts:
+        raise ValueError("pairs: empty specification; use 'exhaustive', 'sequential K' or a pairs file")
+    if parts[0] == "exhaustive" and len(parts) == 1:
+        return exhaustive_pairs(names)
+    if parts[0] == "sequential":
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError(f"pairs: 'sequential' needs a window K, e.g. 'sequential 5'; got {' '.join(parts)!r}")
+        return sequential_pairs(names, int(parts[1]))
+    path = Path(" ".join(parts))
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs: {path} is neither 'exhaustive', 'sequential K' nor an existing pairs file")
+    pairs = read_pairs(path)
+    known = set(names)
+    unknown = sorted({n for p in pairs for n in p} - known)
+    if unknown:
+        raise ValueError(f"pairs file {path} names {len(unknown)} image(s) not among the images, e.g. {unknown[:3]}")
+    return pairs
+
+
+@contextlib.contextmanager
+def colmap_log_level(verbose: bool):
+    """Silence COLMAP's INFO log lines unless `verbose` (warnings and errors still show)."""
+    pycolmap = _require_pycolmap()
+    old = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = old if verbose else max(old, 1)
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+def reconstruction_summary(rec, num_images: int) -> dict:
+    """The five summary numbers of a pycolmap Reconstruction (errors in pixels)."""
+    return {
+        "num_images": int(num_images),
+        "num_registered": int(rec.num_reg_images()) if rec is not None else 0,
+        "num_points3d": int(rec.num_points3D()) if rec is not None else 0,
+        "mean_track_length": float(rec.compute_mean_track_length()) if rec is not None and rec.num_points3D() else 0.0,
+        "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if rec is not None and rec.num_points3D() else float("nan"),
+    }
+
+
+def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike], model: str = "sift",
+                conf: Optional[dict] = None, matcher: str = "nearest_neighbor",
+                matcher_conf: Optional[dict] = None, pairs: PairsSpec = "exhaustive",
+                camera_model: str = "SIMPLE_RADIAL", camera_per_folder: bool = False,
+                default_focal_factor: float = 1.2, min_num_inliers: int = 15, seed: Optional[int] = 0,
+                num_threads: int = -1, verbose: bool = False) -> dict:
+    """Run the whole SfM pipeline on IMAGES into the folder `output` (layout in the module docstring).
+
+    conf / matcher_conf: strict configs of the extractor and matcher; matcher_conf None takes
+    `DEFAULT_MATCHER_CONF[model]` (mutual nearest neighbours otherwise).
+    pairs: 'exhaustive', 'sequential K', a pairs file, or a list of (name0, name1).
+    seed: fixes COLMAP's RANSAC and mapper randomness (None = random).
+    Returns the summary dict (also written to OUT/summary.json).
+    """
+    pycolmap = _require_pycolmap()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    root, names = list_images(images)
+    if matcher_conf is None:
+        matcher_conf = dict(DEFAULT_MATCHER_CONF.get(model, {"mutual": True}) if matcher == "nearest_neighbor" else {})
+    stages = ["extract", "pairs", "match", "database", "verify", "map", "write"]
+    timings: dict[str, float] = {}
+    bar = tqdm(total=len(stages), desc="sfm", unit="stage", disable=None, position=0)
+
+    def stage(name):
+        bar.set_postfix_str(name)
+        logger.info("sfm stage %d/%d: %s", stages.index(name) + 1, len(stages), name)
+        timings[name] = time.perf_counter()
+
+    def done(name):
+        timings[name] = round(time.perf_counter() - timings[name], 3)
+        bar.update(1)
+
+    stage("extract")
+    features = out / "features.h5"
+    report = extract([(n, root / n) for n in names], features, model=model, conf=conf)
+    if report.failed:
+        logger.warning("sfm: %d image(s) could not be read and are left out: %s", len(report.failed),
+                       ", ".join(n for n, _ in report.failed))
+    names = [n for n in names if n in FeatureStore(features, mode="r")]
+    done("extract")
+
+    stage("pairs")
+    pair_list = resolve_pairs(pairs, names)
+    write_pairs(out / "pairs.txt", pair_list)
+    done("pairs")
+
+    stage("match")
+    match(features, out / "matches.h5", pair_list, matcher=matcher, conf=matcher_conf)
+    done("match")
+
+    stage("database")
+    database = out / "database.db"
+    export_colmap(features, out / "matches.h5", database, images=root, pairs=pair_list,
+                  camera_model=camera_model, default_focal_factor=default_focal_factor,
+                  camera_per_folder=camera_per_folder, overwrite=True, names=names)
+    done("database")
+
+    with colmap_log_level(verbose):
+        if seed is not None:
+            pycolmap.set_random_seed(int(seed))
+        stage("verify")
+        options = pycolmap.TwoViewGeometryOptions()
+        options.min_num_inliers = int(min_num_inliers)
+        if seed is not None:
+            options.ransac.random_seed = int(seed)
+        pycolmap.verify_matches(str(database), str(out / "pairs.txt"), options=options)
+        done("verify")
+
+        stage("map")
+        mapper_options = pycolmap.IncrementalPipelineOptions()
+        mapper_options.num_threads = int(num_threads)
+        if seed is not None:
+            mapper_options.random_seed = int(seed)
+        models_dir = out / "models"
+        models_dir.mkdir(exist_ok=True)
+        map_bar = tqdm(total=len(names), desc="register", unit="img", disable=None, position=1, leave=False)
+        reconstructions = pycolmap.incremental_mapping(
+            str(database), str(root), str(models_dir), options=mapper_options,
+            next_image_callback=lambda: map_bar.update(1))
+        map_bar.close()
+        done("map")
+
+    stage("write")
+    best = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()), default=None)
+    if best is None:
+        logger.warning("sfm: pycolmap registered no images (too few verified matches?)")
+    else:
+        for folder, writer in (("sparse", best.write_binary), ("sparse_text", best.write_text)):
+            (out / folder).mkdir(exist_ok=True)
+            writer(str(out / folder))
+    summary = reconstruction_summary(best, len(names))
+    summary.update({
+        "num_reconstructions": len(reconstructions),
+        "model": model, "conf": conf or {}, "matcher": matcher, "matcher_conf": matcher_conf,
+        "num_pairs": len(pair_list), "camera_model": camera_model, "seed": seed,
+        "registered_images": sorted(best.images[i].name for i in best.reg_image_ids()) if best else [],
+        "timings_s": timings,
+    })
+    done("write")
+    bar.close()
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+__all__ = ["reconstruct", "resolve_pairs", "reconstruction_summary", "SUMMARY_KEYS", "DEFAULT_MATCHER_CONF",
+           "ColmapError"]
