@@ -11,8 +11,8 @@ Layout (DESIGN.md):
 Crash safety. HDF5 has no journal: a process killed while it modifies an HDF5 file can leave
 it unreadable. So the main file is never modified in place. New entries are buffered and
 written in small, complete HDF5 files in ``<file>.journal/`` (each written to a temporary
-name, fsynced, and renamed); on `close()` the journal is merged into a copy of the main
-file, which then atomically replaces it. After a SIGKILL at any moment, the main file is the
+name, fsynced, and renamed); on `close()` (and whenever the journal outgrows the main file) the journal is
+merged into a copy of the main file, which then atomically replaces it. After a SIGKILL at any moment, the main file is the
 previous complete version, every journal file is complete, and reopening the store sees the
 entries of both, so a rerun skips them. Readers of this class see journal entries too; other
 HDF5 readers see them once the writing run has closed the store.
@@ -183,10 +183,17 @@ class _H5Store:
             self._journal_index[key] = chunk
         self._buffer.clear()
         self._buffer_bytes = 0
+        # Keep the main file current for other HDF5 readers: create it at the first flush, and merge
+        # when the journal outgrows it (each merge copies the main file, so the total cost stays
+        # within a small multiple of the final size).
+        journal_bytes = sum(p.stat().st_size for p in self._chunk_files())
+        if not self.path.exists() or journal_bytes > max(self.path.stat().st_size, 16 << 20):
+            self.consolidate()
 
     def consolidate(self) -> None:
         """Merge the journal into the main file (copy, append, fsync, atomic rename)."""
-        self.flush()
+        if self._buffer:
+            self.flush()
         chunks = self._chunk_files()
         if not chunks:
             return
@@ -354,6 +361,8 @@ def import_imb_features(folder: str | os.PathLike, store: FeatureStore) -> int:
     """Import the Image Matching Benchmark layout (keypoints.h5, descriptors.h5, optional scores.h5,
     each with one dataset per image key) into `store`. Image sizes are unknown in that layout,
     so they are set to the keypoints' bounding box (rounded up). Returns the number imported."""
+    from .npz import normalize_rows_if_needed
+
     folder = Path(folder)
     count = 0
     with h5py.File(folder / "keypoints.h5", "r") as fk, h5py.File(folder / "descriptors.h5", "r") as fd:
@@ -364,7 +373,7 @@ def import_imb_features(folder: str | os.PathLike, store: FeatureStore) -> int:
                 desc = fd[key][()]
                 scores = fs[key][()] if fs is not None else np.ones(len(kpts), np.float32)
                 if desc.dtype != np.uint8:
-                    desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+                    desc = normalize_rows_if_needed(desc)
                 size = (int(np.ceil(kpts[:, 0].max() + 1)) if len(kpts) else 1,
                         int(np.ceil(kpts[:, 1].max() + 1)) if len(kpts) else 1)
                 store.put(key, Features(kpts, np.asarray(scores).reshape(-1), desc, size))

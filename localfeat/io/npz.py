@@ -22,6 +22,15 @@ from .h5 import FeatureStore
 logger = logging.getLogger(__name__)
 
 
+def normalize_rows_if_needed(desc: np.ndarray, tol: float = 1e-5) -> np.ndarray:
+    """float32 descriptors with unit rows: unchanged (bit for bit) when already within `tol` of 1."""
+    desc = np.asarray(desc, np.float32)
+    norms = np.linalg.norm(desc.astype(np.float64), axis=1, keepdims=True)
+    if desc.size == 0 or np.all(np.abs(norms - 1) <= tol):
+        return desc
+    return (desc / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def features_to_npz_arrays(features: Features) -> dict:
     """The arrays of an R2D2-style npz: keypoints (N, 3) with scales when known, else (N, 2)."""
     kpts = features.keypoints
@@ -54,8 +63,7 @@ def read_npz(path: str | os.PathLike, image_size: Optional[tuple] = None) -> Fea
     if image_size is None:
         raise ValueError(f"{path}: no 'imsize' in the file; give the image size or the image folder")
     if desc.dtype != np.uint8:
-        desc = desc.astype(np.float32)
-        desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+        desc = normalize_rows_if_needed(desc)
     return Features(kpts[:, :2], scores, desc, image_size,
                     scales=kpts[:, 2] if kpts.shape[1] > 2 else None)
 

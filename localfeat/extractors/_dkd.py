@@ -1,0 +1,116 @@
+"""Differentiable keypoint detection (DKD) shared by ALIKE and ALIKED.
+
+Facts of the original (Shiaoming/ALIKE `soft_detect.py`, Shiaoming/ALIKED `nets/soft_detect.py`):
+score map -> SuperPoint-style iterative NMS of radius r -> border zeroed -> keypoints by top-k or by
+threshold (with an `n_limit` cap) -> optional sub-pixel refinement by a soft-argmax (temperature 0.1)
+over the (2r+1) x (2r+1) window (zero outside the map) -> the score map sampled bilinearly at the
+refined point.
+
+Keypoints are returned as `grid_sample` coordinates with `align_corners=True` (-1 and +1 are the
+centres of the corner pixels), computed with the same float operations as the original so that the
+callers can reproduce its pixel coordinates bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import iterative_max_pool_nms, top_k_indices
+
+TEMPERATURE = 0.1
+
+
+def _window_offsets(radius: int, device, dtype) -> torch.Tensor:
+    """(K*K, 2) offsets (dx, dy) of a (2r+1)^2 window, row-major (dy outer, dx inner), as the original."""
+    r = torch.linspace(-radius, radius, 2 * radius + 1, device=device, dtype=dtype)
+    dy, dx = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack([dx.reshape(-1), dy.reshape(-1)], dim=1)
+
+
+def select_peaks(scores_map: torch.Tensor, radius: int, border: tuple[int, int], top_k: Optional[int],
+                 scores_th: float, n_limit: Optional[int]) -> list[torch.Tensor]:
+    """Flat indices (y * W + x) of the detected integer peaks, one int64 tensor per image.
+
+    scores_map: (B, 1, H, W) in [0, 1].
+    border:     (rows/columns zeroed at the top/left, rows/columns zeroed at the bottom/right).
+    top_k:      None = threshold mode; k = the k best NMS scores (best first).
+    scores_th:  threshold mode: keep NMS scores > scores_th (if none passes, or scores_th <= 0,
+                the threshold is the mean of the score map).
+    n_limit:    threshold mode: keep at most the n_limit best (None = no limit); the order is then by
+                decreasing score, otherwise row-major.
+    """
+    b, _, h, w = scores_map.shape
+    nms = iterative_max_pool_nms(scores_map, radius)
+    top, bottom = border
+    nms[:, :, :top, :] = 0
+    nms[:, :, :, :top] = 0
+    if bottom > 0:
+        nms[:, :, h - bottom:, :] = 0
+        nms[:, :, :, w - bottom:] = 0
+    flat_nms = nms.reshape(b, -1)
+    if top_k is not None:
+        return [top_k_indices(flat_nms[i], top_k) for i in range(b)]
+    flat_scores = scores_map.reshape(b, -1)
+    if scores_th > 0:
+        masks = flat_nms > scores_th
+        if not bool(masks.any()):
+            masks = flat_nms > flat_scores.mean(dim=1, keepdim=True)
+    else:
+        masks = flat_nms > flat_scores.mean(dim=1, keepdim=True)
+    out = []
+    for mask, scores in zip(masks, flat_scores):
+        indices = mask.nonzero()[:, 0]
+        if n_limit is not None and len(indices) > n_limit:
+            indices = indices[top_k_indices(scores[indices], n_limit)]
+        out.append(indices)
+    return out
+
+
+def window_patches(scores_map: torch.Tensor, indices: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N, (2r+1)^2) values of one score map (1, H, W) in the window around each flat index, zero outside.
+
+    Equal to `F.unfold(scores_map, 2r+1, padding=r)[:, indices].T` of the original, without unfolding the
+    whole map.
+    """
+    _, h, w = scores_map.shape
+    k = 2 * radius + 1
+    padded = F.pad(scores_map, (radius, radius, radius, radius))[0]  # (H+2r, W+2r)
+    wp = w + 2 * radius
+    y = torch.div(indices, w, rounding_mode="trunc")
+    x = indices % w
+    d = torch.arange(k, device=indices.device)
+    offsets = (d[:, None] * wp + d[None, :]).reshape(-1)  # row-major window
+    return padded.reshape(-1)[(y * wp + x)[:, None] + offsets[None, :]]
+
+
+def detect_keypoints(scores_map: torch.Tensor, radius: int = 2, border: tuple[int, int] = (3, 2),
+                     top_k: Optional[int] = None, scores_th: float = 0.2, n_limit: Optional[int] = 5000,
+                     sub_pixel: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Keypoints and their scores from a score map, as the original DKD.
+
+    scores_map: (B, 1, H, W) float32 in [0, 1].
+    Returns (keypoints, scores): per image, (N, 2) float32 (x, y) in grid coordinates
+    (x_pixel / (W - 1) * 2 - 1, pixel-centre convention) and (N,) float32 bilinear samples of the map.
+    See `select_peaks` for the detection options; the ALIKE border is (r + 1, r), ALIKED's (r, r).
+    """
+    b, _, h, w = scores_map.shape
+    peaks = select_peaks(scores_map, radius, border, top_k, scores_th, n_limit)
+    size = torch.tensor([w - 1, h - 1], device=scores_map.device)
+    grid = _window_offsets(radius, scores_map.device, scores_map.dtype) if sub_pixel else None
+    keypoints, scores = [], []
+    for i in range(b):
+        idx = peaks[i]
+        xy = torch.stack([idx % w, torch.div(idx, w, rounding_mode="trunc")], dim=1)
+        if sub_pixel:
+            patch = window_patches(scores_map[i], idx, radius)  # (N, K*K)
+            x_exp = ((patch - patch.max(dim=1).values[:, None]) / TEMPERATURE).exp()
+            residual = x_exp @ grid / x_exp.sum(dim=1)[:, None]  # soft-argmax, (N, 2)
+            xy = xy + residual
+        kpts = xy / size * 2 - 1
+        kscores = F.grid_sample(scores_map[i][None], kpts.view(1, 1, -1, 2), mode="bilinear",
+                                align_corners=True)[0, 0, 0, :]
+        keypoints.append(kpts)
+        scores.append(kscores)
+    return keypoints, scores
