@@ -259,6 +259,19 @@ WEIGHTS: dict[str, WeightSpec] = {
         ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/faster2d2_WASF_N8_big.pt",
          "https://github.com/naver/r2d2/raw/master/models/faster2d2_WASF_N8_big.pt"),
         None, "CC BY-NC-SA 3.0", non_commercial=True),
+    # --- XFeat (verlab/accelerated_features, Apache-2.0) ---
+    # The official release file. Its sha256 is not recorded: the file was not available offline (only its git
+    # blob id 9da942e9c7406b8add3746bf98d4b1840233cd92 is known), so a download is not hash-checked.
+    "xfeat": WeightSpec(
+        filename="xfeat.pt",
+        urls=("https://github.com/verlab/accelerated_features/raw/main/weights/xfeat.pt",),
+        sha256=None, licence="Apache-2.0", non_commercial=False),
+    # The same weights recovered from the official ONNX export (PR #38, commit c58e74f), BatchNorm folded and
+    # without fine_matcher.*; not published as a file, accepted by the xfeat extractor when xfeat.pt is absent.
+    "xfeat_from_onnx": WeightSpec(
+        filename="xfeat_from_onnx.pt", urls=(),
+        sha256="cbdf1b1715d450f25cf337a19ed2cccc4983c6be36ea93e3573e9d99f1a5b421",
+        licence="Apache-2.0", non_commercial=False),
     # --- end of weights table ---
 }
 
