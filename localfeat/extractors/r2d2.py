@@ -1,0 +1,229 @@
+"""R2D2 and Fast-R2D2 (Revaud et al., NeurIPS 2019) with the official weights of naver/r2d2.
+
+Detection follows the original `extract.py`: for every level of the multi-scale pyramid, a pixel
+is a keypoint when its repeatability is the maximum of its 3x3 window and both repeatability and
+reliability reach their thresholds; score = reliability x repeatability; descriptor = the
+L2-normalised 128-D map at that pixel; the top_k best over all levels are kept.
+
+Coordinates follow the original exactly: a keypoint at (row, col) of a level of size nh x nw is at
+x = col * W / nw, y = row * H / nh in the original image (integers at full resolution are pixel
+centres; at smaller levels this is the original's mapping, which differs from the centre-to-centre
+mapping by 0.5 * (W / nw - 1) px). scales = 32 / s (patch diameter in original pixels).
+
+Beyond the original: tiled inference (exact, bounded memory for any image size), a bfloat16
+mode, device selection, and a checkpoint reader that never evaluates the checkpoint's 'net' string.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import hub
+from ..ops import IMAGENET_MEAN, IMAGENET_STD, image_pyramid, image_to_tensor, max_filter_nms, tile_windows, \
+    top_k_indices
+from ..registry import ConfigError
+from ..types import Features
+from ._r2d2_nets import CheckpointError, R2D2Net, load_network  # noqa: F401  (CheckpointError re-exported)
+from .base import Extractor
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("r2d2_WAF_N16", "r2d2_WASF_N16", "r2d2_WASF_N8_big", "faster2d2_WASF_N16", "faster2d2_WASF_N8_big")
+PRECISIONS = ("fp32", "bf16")
+
+
+class R2D2(Extractor):
+    """R2D2 / Fast-R2D2 keypoints and 128-D descriptors, multi-scale as in the original.
+
+    Config (names and defaults of the original `extract.py`):
+      variant:           released model, by file stem: one of VARIANTS (default r2d2_WASF_N16).
+      weights:           path of the checkpoint; None = find `<variant>.pt` through the weights lookup.
+      top_k:             keep the top_k best keypoints over all levels (None = all). Default 5000.
+      scale_f:           ratio between pyramid levels (2 ** 0.25).
+      min_size/max_size: pyramid levels with max(h, w) in [min_size, max_size] (256 / 1024; None = no limit).
+      min_scale/max_scale: and with scale s in [min_scale, max_scale] (0 / 1).
+      reliability_thr/repeatability_thr: detection thresholds (0.7 / 0.7).
+    Our additions:
+      precision:  'fp32' (default; same output as the original) or 'bf16' (the trunk runs under
+                  torch.autocast bfloat16; heads, NMS and descriptors stay float32).
+      tile_size:  None = run each level whole; an int T = levels larger than T x T are processed in
+                  T x T tiles grown by the receptive radius of the network (+1 px for the NMS), which
+                  gives the same keypoints as the whole level with memory bounded by T.
+    Output: keypoints (N, 2) float32 in original-image pixels, scores (N,), descriptors (N, 128),
+    scales (N,) = 32 / s; sorted by decreasing score.
+    """
+
+    name = "r2d2"
+    input_mode = "rgb"
+    default_conf = {
+        "variant": "r2d2_WASF_N16",
+        "weights": None,
+        "top_k": 5000,
+        "scale_f": 2 ** 0.25,
+        "min_size": 256,
+        "max_size": 1024,
+        "min_scale": 0.0,
+        "max_scale": 1.0,
+        "reliability_thr": 0.7,
+        "repeatability_thr": 0.7,
+        "precision": "fp32",
+        "tile_size": 1024,
+    }
+
+    @classmethod
+    def weight_specs(cls, conf: dict) -> list:
+        variant = conf.get("variant", cls.default_conf["variant"])
+        if variant not in VARIANTS:
+            raise ConfigError(f"r2d2: variant {variant!r} is not one of {list(VARIANTS)}")
+        return [hub.weight_spec(variant)]
+
+    def __init__(self, **conf):
+        super().__init__(**conf)
+        c = self.conf
+        spec = self.weight_specs(c)[0]
+        if c["precision"] not in PRECISIONS:
+            raise ConfigError(f"r2d2: precision {c['precision']!r} is not one of {list(PRECISIONS)}")
+        if c["top_k"] is not None and (isinstance(c["top_k"], bool) or not isinstance(c["top_k"], int)
+                                       or c["top_k"] < 1):
+            raise ConfigError(f"r2d2: top_k must be None or a positive integer, got {c['top_k']!r}")
+        if c["tile_size"] is not None and (not isinstance(c["tile_size"], int) or c["tile_size"] < 16):
+            raise ConfigError(f"r2d2: tile_size must be None or an integer >= 16, got {c['tile_size']!r}")
+        if not float(c["scale_f"]) > 1:
+            raise ConfigError(f"r2d2: scale_f must be > 1, got {c['scale_f']!r}")
+        if float(c["max_scale"]) > 1:
+            raise ConfigError(f"r2d2: max_scale must be <= 1 (the original never upsamples), got {c['max_scale']!r}")
+        path = hub.find_weights(spec, override=c["weights"])
+        self.net, self.net_string = load_network(path, self.device)
+        if c["tile_size"] is not None and c["tile_size"] % self.net.alignment:
+            raise ConfigError(f"r2d2: tile_size must be a multiple of {self.net.alignment} for {c['variant']}")
+        # Tiles overlap by the receptive radius, plus 1 px so that the 3x3 NMS of a core pixel sees exact values.
+        self.tile_margin = self.net.receptive_radius + 1
+        logger.debug("r2d2: %s from %s on %s", self.net_string, path, self.device)
+
+    # ------------------------------------------------------------------ network
+    def _forward(self, x: torch.Tensor) -> dict:
+        """Network outputs (float32) for an input (1, 3, h, w); see `R2D2Net.forward`."""
+        if self.conf["precision"] == "bf16":
+            net = self.net
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                y = x.contiguous(memory_format=torch.channels_last)
+                for op in net.ops:
+                    y = op(y)
+                if net.fast:
+                    y = F.interpolate(y, scale_factor=net.upsample, mode="bilinear", align_corners=False)
+            # heads in float32: bf16 confidence maps would be full of ties that the NMS keeps.
+            feats = y.float().contiguous()
+            del y
+            sq = feats * feats
+            rel = F.softmax(net.clf(sq), dim=1)[:, 1:2]
+            sp = F.softplus(net.sal(sq))
+            return {"features": feats, "reliability": rel, "repeatability": sp / (1 + sp)}
+        return self.net(x)
+
+    def _tiles(self, level: torch.Tensor) -> Iterator[tuple]:
+        """Run the network on the tiles of a level (1, 3, nh, nw).
+
+        Yields (core, ring, out): `core` (y0, y1, x0, x1) in level pixels, clipped to the output maps;
+        `ring` = core grown by 1 px (clipped); `out` = network outputs cropped to `ring`.
+        """
+        nh, nw = level.shape[-2:]
+        for (wy0, wy1, wx0, wx1), (cy0, cy1, cx0, cx1) in tile_windows(
+                nh, nw, self.conf["tile_size"], self.tile_margin, self.net.alignment):
+            out = self._forward(level[:, :, wy0:wy1, wx0:wx1])
+            oh, ow = out["reliability"].shape[-2:]  # Fast-R2D2 drops an odd last row/column
+            cy1, cx1 = min(cy1, wy0 + oh), min(cx1, wx0 + ow)
+            if cy1 <= cy0 or cx1 <= cx0:
+                continue
+            ry0, ry1 = max(cy0 - 1, wy0), min(cy1 + 1, wy0 + oh)
+            rx0, rx1 = max(cx0 - 1, wx0), min(cx1 + 1, wx0 + ow)
+            crop = {k: v[:, :, ry0 - wy0:ry1 - wy0, rx0 - wx0:rx1 - wx0] for k, v in out.items()}
+            del out
+            yield (cy0, cy1, cx0, cx1), (ry0, ry1, rx0, rx1), crop
+
+    def _detect_level(self, level: torch.Tensor) -> tuple:
+        """Keypoints of one level: rows, cols (int64, level pixels), reliability, repeatability (K,)
+        and descriptors (K, D) float32 L2-normalised."""
+        rows, cols, rels, reps, descs = [], [], [], [], []
+        for (cy0, cy1, cx0, cx1), (ry0, ry1, rx0, rx1), out in self._tiles(level):
+            rel, rep = out["reliability"], out["repeatability"]
+            maxima = max_filter_nms(rep, 3)
+            maxima &= rep >= self.conf["repeatability_thr"]
+            maxima &= rel >= self.conf["reliability_thr"]
+            core = maxima[0, 0, cy0 - ry0:cy1 - ry0, cx0 - rx0:cx1 - rx0]
+            y, x = core.nonzero(as_tuple=True)
+            y, x = y + (cy0 - ry0), x + (cx0 - rx0)  # ring coordinates
+            rels.append(rel[0, 0, y, x])
+            reps.append(rep[0, 0, y, x])
+            descs.append(F.normalize(out["features"][0, :, y, x].t(), p=2, dim=1))
+            rows.append(y + ry0)
+            cols.append(x + rx0)
+        if not rows:
+            empty = torch.zeros(0, dtype=torch.int64, device=level.device)
+            z = torch.zeros(0, device=level.device)
+            return empty, empty, z, z, torch.zeros(0, self.net.dim, device=level.device)
+        return torch.cat(rows), torch.cat(cols), torch.cat(rels), torch.cat(reps), torch.cat(descs)
+
+    # ------------------------------------------------------------------ public
+    def _extract(self, image: np.ndarray) -> Features:
+        c = self.conf
+        h, w = image.shape[:2]
+        xs, ys, ss, scores, descs = [], [], [], [], []
+        with torch.inference_mode():
+            x = image_to_tensor(image, self.device, IMAGENET_MEAN, IMAGENET_STD)
+            for s, level in image_pyramid(x, float(c["scale_f"]), float(c["min_scale"]), float(c["max_scale"]),
+                                          c["min_size"], c["max_size"]):
+                nh, nw = level.shape[-2:]
+                rows, cols, rel, rep, desc = self._detect_level(level)
+                logger.debug("r2d2: level s=%.3f %dx%d: %d candidates", s, nw, nh, len(rows))
+                # Same float32 operations, in the same order, as the original: (col * W) / nw.
+                xs.append(cols.float() * w / nw)
+                ys.append(rows.float() * h / nh)
+                ss.append(torch.full((len(rows),), 32 / s, dtype=torch.float32, device=level.device))
+                scores.append(rel * rep)
+                descs.append(desc)
+                del level
+            if not xs:
+                return Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
+                                np.zeros((0, self.net.dim), np.float32), (w, h), scales=np.zeros(0, np.float32))
+            score = torch.cat(scores)
+            keep = top_k_indices(score, c["top_k"])
+            kpts = torch.stack([torch.cat(xs), torch.cat(ys)], dim=-1)[keep]
+            return Features(kpts.cpu().numpy(), score[keep].cpu().numpy(), torch.cat(descs)[keep].cpu().numpy(),
+                            (w, h), scales=torch.cat(ss)[keep].cpu().numpy())
+
+    def dense_maps(self, image) -> dict:
+        """Reliability and repeatability at full resolution (the s = 1 level, no pyramid).
+
+        image: a path or uint8 array. Returns {'reliability', 'repeatability'}: float32 (H, W) maps in
+        [0, 1] aligned with the ORIGINAL image (resized back when resize_max applies; Fast-R2D2's missing
+        last odd row/column is filled with the nearest one).
+        """
+        from ..io.images import as_image_array, resize_max
+
+        import cv2
+
+        img = as_image_array(image, self.input_mode)
+        h, w = img.shape[:2]
+        small, factors = resize_max(img, self.conf["resize_max"])
+        sh, sw = small.shape[:2]
+        maps = {"reliability": np.zeros((sh, sw), np.float32), "repeatability": np.zeros((sh, sw), np.float32)}
+        with torch.inference_mode():
+            x = image_to_tensor(small, self.device, IMAGENET_MEAN, IMAGENET_STD)
+            oh = ow = 0
+            for (cy0, cy1, cx0, cx1), (ry0, _, rx0, _), out in self._tiles(x):
+                for key in maps:
+                    maps[key][cy0:cy1, cx0:cx1] = out[key][0, 0, cy0 - ry0:cy1 - ry0,
+                                                           cx0 - rx0:cx1 - rx0].float().cpu().numpy()
+                oh, ow = max(oh, cy1), max(ow, cx1)
+        for key, m in maps.items():
+            if (oh, ow) != (sh, sw):
+                m[oh:] = m[oh - 1:oh]
+                m[:, ow:] = m[:, ow - 1:ow]
+            if factors != (1.0, 1.0):
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+            maps[key] = np.ascontiguousarray(m, np.float32)
+        return maps
