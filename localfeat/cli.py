@@ -14,6 +14,7 @@ from pathlib import Path
 
 EXTENSIONS: list[str] = [
     # "localfeat.eval.commands",   (each area adds its module here)
+    "localfeat.eval.commands",
 ]
 
 
