@@ -44,7 +44,7 @@ def random_desc(n, d, seed):
 def test_blockwise_equals_brute_force(n0, n1, mutual, ratio, max_distance):
     d0, d1 = random_desc(n0, 16, n0 + 1), random_desc(n1, 16, n1 + 1000)
     expected = brute_force(d0, d1, mutual, ratio, max_distance)
-    for block_rows in (1, 7, 64, None):
+    for block_rows in (3, 64, None):
         idx, scores = match_nearest_neighbours(d0, d1, mutual, ratio, max_distance, block_rows=block_rows)
         assert idx.dtype == np.int64 and idx.shape == expected.shape
         assert np.array_equal(idx, expected), f"block_rows={block_rows}"

@@ -35,12 +35,14 @@ def _passes(best: torch.Tensor, second: torch.Tensor, ratio: Optional[float],
     return keep
 
 
-def nearest_neighbour_stats(desc0: torch.Tensor, desc1: torch.Tensor, block_rows: int):
+def nearest_neighbour_stats(desc0: torch.Tensor, desc1: torch.Tensor, block_rows: int,
+                            need_second: bool = True):
     """Best and second-best similarities in both directions, by blocks of rows of desc0.
 
     desc0 (N0, D), desc1 (N1, D). Returns (row_idx, row_best, row_second, col_idx, col_best,
     col_second): for each row of desc0 its most similar row of desc1 (ties: lowest index),
-    and for each row of desc1 its most similar row of desc0 (ties: lowest index).
+    and for each row of desc1 its most similar row of desc0 (ties: lowest index). The
+    second-best values are -inf when `need_second` is False (they cost a top-2 per block).
     """
     n0, n1 = len(desc0), len(desc1)
     dev = desc0.device
@@ -52,27 +54,25 @@ def nearest_neighbour_stats(desc0: torch.Tensor, desc1: torch.Tensor, block_rows
     col_second = torch.full((n1,), NEG_INF, device=dev)
     if n0 == 0 or n1 == 0:
         return row_idx, row_best, row_second, col_idx, col_best, col_second
-    k = min(2, n1)
     for start in range(0, n0, block_rows):
         sim = desc0[start:start + block_rows] @ desc1.T  # (b, N1)
-        top = torch.topk(sim, k, dim=1)
         rows = slice(start, start + len(sim))
-        row_best[rows] = top.values[:, 0]
-        # topk does not promise the lowest index among equal values: take argmax, which does.
-        row_idx[rows] = torch.argmax(sim, dim=1)
-        if k == 2:
-            row_second[rows] = top.values[:, 1]
-        # Columns: merge this block's top two into the running top two; on ties earlier rows win.
-        kb = min(2, len(sim))
-        block_top = torch.topk(sim, kb, dim=0).values
-        b1 = block_top[0]
-        b2 = block_top[1] if kb == 2 else torch.full_like(b1, NEG_INF)
-        b1_idx = torch.argmax(sim, dim=0) + start
+        # torch.max along a dim returns the FIRST index of the maximum: ties go to the lowest index.
+        best, idx = sim.max(dim=1)
+        row_best[rows], row_idx[rows] = best, idx
+        b1, b1_idx = sim.max(dim=0)
+        b1_idx = b1_idx + start
+        if need_second:
+            if n1 >= 2:
+                row_second[rows] = torch.topk(sim, 2, dim=1).values[:, 1]
+            b2 = torch.topk(sim, 2, dim=0).values[1] if len(sim) >= 2 else torch.full_like(b1, NEG_INF)
+        else:
+            b2 = torch.full_like(b1, NEG_INF)
+        # Merge this block's column top two into the running top two; on ties earlier rows win.
         better = b1 > col_best
-        new_second = torch.where(better, torch.maximum(col_best, b2), torch.maximum(col_second, b1))
+        col_second = torch.where(better, torch.maximum(col_best, b2), torch.maximum(col_second, b1))
         col_idx = torch.where(better, b1_idx, col_idx)
         col_best = torch.where(better, b1, col_best)
-        col_second = new_second
     return row_idx, row_best, row_second, col_idx, col_best, col_second
 
 
@@ -96,7 +96,7 @@ def match_nearest_neighbours(desc0, desc1, mutual: bool = True, ratio: Optional[
         block_rows = max(1, min(n0, memory_budget // (12 * n1)))
     with torch.inference_mode():
         row_idx, row_best, row_second, col_idx, col_best, col_second = nearest_neighbour_stats(
-            d0, d1, block_rows)
+            d0, d1, block_rows, need_second=ratio is not None)
         keep = _passes(row_best, row_second, ratio, max_distance)
         i = torch.arange(n0, device=d0.device)
         if mutual:
