@@ -1,0 +1,297 @@
+"""ALIKED (Zhao et al., IEEE TIM 2023): ALIKE with deformable convolutions in the two deepest encoder
+blocks and the Sparse Deformable Descriptor Head (SDDH), re-implemented from the facts of the official
+code (Shiaoming/ALIKED) and loading its official weights `aliked-{t16,n16,n16rot,n32}.pth` (BSD-3-Clause).
+
+Everything is plain PyTorch: the deformable convolution (torchvision's `deform_conv2d` in the original)
+is `deform_conv2d` below, and the compiled `get_patches` op of SDDH is `get_patches` below (3 x 3
+patches, zero outside the map, as the compiled op).
+
+Pipeline (as the original `ALIKED.run`): RGB / 255 -> replicate padding to a multiple of 32, split
+evenly -> encoder and aggregation -> score map (sigmoid) and L2-normalised feature map, unpadded ->
+DKD (`_dkd.detect_keypoints`, border (2, 2)) -> SDDH descriptors at the keypoints.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import hub
+from ..ops import image_to_tensor, l2_normalize
+from ..registry import ConfigError
+from ..types import Features
+from ._dkd import detect_keypoints
+from .alike import ConvBlock, ResBlock, conv1x1, conv3x3, upsample
+from .base import Extractor
+
+logger = logging.getLogger(__name__)
+
+# c1..c4: encoder channels; dim: descriptor dimension; K: SDDH patch size; M: SDDH sample positions.
+ALIKED_CONFIGS = {
+    "aliked-t16": {"c1": 8, "c2": 16, "c3": 32, "c4": 64, "dim": 64, "K": 3, "M": 16},
+    "aliked-n16": {"c1": 16, "c2": 32, "c3": 64, "c4": 128, "dim": 128, "K": 3, "M": 16},
+    "aliked-n16rot": {"c1": 16, "c2": 32, "c3": 64, "c4": 128, "dim": 128, "K": 3, "M": 16},
+    "aliked-n32": {"c1": 16, "c2": 32, "c3": 64, "c4": 128, "dim": 128, "K": 3, "M": 32},
+}
+RADIUS = 2
+
+
+def _bilinear_zero(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """Sample x (B, C, H, W) at pixel positions py, px (B, P) bilinearly, zero outside; returns (B, C, P).
+
+    The arithmetic of torchvision's deformable-convolution kernel: a point with y <= -1, y >= H,
+    x <= -1 or x >= W gives 0; otherwise each of the 4 neighbours inside the map contributes with its
+    bilinear weight, summed in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1).
+    """
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
+    y0f, x0f = torch.floor(py), torch.floor(px)
+    ly, lx = py - y0f, px - x0f
+    hy, hx = 1 - ly, 1 - lx
+    y0, x0 = y0f.long(), x0f.long()
+    y1, x1 = y0 + 1, x0 + 1
+    out = None
+    for yy, xx, wgt in ((y0, x0, hy * hx), (y0, x1, hy * lx), (y1, x0, ly * hx), (y1, x1, ly * lx)):
+        ok = inside & (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        idx = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1))[:, None].expand(b, c, -1)
+        term = torch.gather(flat, 2, idx) * (wgt * ok)[:, None]
+        out = term if out is None else out + term
+    return out
+
+
+def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias=None,
+                  padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """Deformable convolution v1 (stride 1, dilation 1, one offset group), plain PyTorch.
+
+    x:      (B, C, H, W) input.
+    offset: (B, 2 * kh * kw, Ho, Wo), for kernel tap k = i * kw + j the channels 2k (dy) and 2k + 1 (dx),
+            in pixels, torchvision's layout.
+    weight: (Cout, C, kh, kw); bias: (Cout,) or None.
+    Returns (B, Cout, Ho, Wo), Ho = H + 2 * padding[0] - kh + 1 (likewise Wo): equal to
+    `torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=padding)` within float rounding.
+    """
+    b, c, h, w = x.shape
+    cout, cin, kh, kw = weight.shape
+    if cin != c:
+        raise ValueError(f"deform_conv2d: x has {c} channels, weight expects {cin}")
+    ph, pw = padding
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    if offset.shape != (b, 2 * kh * kw, ho, wo):
+        raise ValueError(f"deform_conv2d: offset has shape {tuple(offset.shape)}, "
+                         f"expected {(b, 2 * kh * kw, ho, wo)}")
+    off = offset.reshape(b, kh * kw, 2, ho, wo)
+    ki = torch.arange(kh, device=x.device, dtype=x.dtype).repeat_interleave(kw)  # tap row
+    kj = torch.arange(kw, device=x.device, dtype=x.dtype).repeat(kh)             # tap column
+    base_y = torch.arange(ho, device=x.device, dtype=x.dtype) - ph
+    base_x = torch.arange(wo, device=x.device, dtype=x.dtype) - pw
+    py = base_y[None, :, None] + ki[:, None, None] + off[:, :, 0]  # (B, K, Ho, Wo)
+    px = base_x[None, None, :] + kj[:, None, None] + off[:, :, 1]
+    cols = _bilinear_zero(x, py.reshape(b, -1), px.reshape(b, -1))   # (B, C, K*Ho*Wo)
+    cols = cols.reshape(b, c * kh * kw, ho * wo)
+    out = torch.matmul(weight.reshape(cout, -1), cols).reshape(b, cout, ho, wo)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+class DeformableConv2d(nn.Module):
+    """3x3 deformable convolution whose offsets (clamped to +-max(H, W) / 4) come from a 3x3 conv.
+
+    Parameter names follow the official state dict (`offset_conv`, `regular_conv`).
+    """
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, padding: int = 1, bias: bool = False):
+        super().__init__()
+        self.padding = (padding, padding)
+        self.offset_conv = nn.Conv2d(cin, 2 * kernel_size * kernel_size, kernel_size, 1, padding, bias=True)
+        self.regular_conv = nn.Conv2d(cin, cout, kernel_size, 1, padding, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        max_offset = max(x.shape[-2:]) / 4.0
+        offset = self.offset_conv(x).clamp(-max_offset, max_offset)
+        return deform_conv2d(x, offset, self.regular_conv.weight, self.regular_conv.bias, self.padding)
+
+
+def dcn3x3(cin: int, cout: int) -> DeformableConv2d:
+    return DeformableConv2d(cin, cout)
+
+
+def get_patches(fmap: torch.Tensor, points: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(N, C, k, k) patches of fmap (C, H, W) centred on integer points (N, 2) (x, y), zero outside the map.
+
+    The compiled `custom_ops.get_patches` of the original (its pure-PyTorch fallback differs only by
+    shifting patches that cross the right/bottom border inside the map).
+    """
+    c, h, w = fmap.shape
+    r = kernel_size // 2
+    padded = F.pad(fmap, (r, r, r, r))
+    wp = w + 2 * r
+    d = torch.arange(kernel_size, device=fmap.device)
+    window = (d[:, None] * wp + d[None, :]).reshape(-1)                       # (k*k,) row-major
+    start = points[:, 1].long() * wp + points[:, 0].long()                    # top-left in padded map
+    idx = start[:, None] + window[None, :]                                    # (N, k*k)
+    patches = padded.reshape(c, -1)[:, idx.reshape(-1)]                       # (C, N*k*k)
+    return patches.reshape(c, -1, kernel_size, kernel_size).transpose(0, 1)
+
+
+class SDDH(nn.Module):
+    """Sparse Deformable Descriptor Head: per keypoint, M offsets predicted from the k x k patch, the
+    feature map sampled there, a 1x1 conv + SELU, aggregation by `agg_weights` (M, C, D), L2 norm."""
+
+    def __init__(self, dim: int, kernel_size: int = 3, n_pos: int = 16):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.n_pos = n_pos
+        self.offset_conv = nn.Sequential(
+            nn.Conv2d(dim, 2 * n_pos, kernel_size, 1, 0, bias=True), nn.SELU(),
+            nn.Conv2d(2 * n_pos, 2 * n_pos, 1, 1, 0, bias=True))
+        self.sf_conv = nn.Conv2d(dim, dim, 1, 1, 0, bias=False)
+        self.agg_weights = nn.Parameter(torch.zeros(n_pos, dim, dim))
+
+    def forward(self, fmap: torch.Tensor, keypoints: list) -> list:
+        """fmap (B, C, H, W) L2-normalised; keypoints: per image (N, 2) grid coordinates
+        (align_corners=True). Returns per image (N, D) L2-normalised descriptors."""
+        b, c, h, w = fmap.shape
+        wh = torch.tensor([[w - 1, h - 1]], device=fmap.device)
+        max_offset = max(h, w) / 4.0
+        out = []
+        for i in range(b):
+            kpts_wh = (keypoints[i] / 2 + 0.5) * wh                           # (N, 2) pixels
+            n = len(kpts_wh)
+            patch = get_patches(fmap[i], kpts_wh.long(), self.kernel_size)   # (N, C, k, k)
+            offset = self.offset_conv(patch).clamp(-max_offset, max_offset)  # (N, 2M, 1, 1)
+            offset = offset[:, :, 0, 0].view(n, 2, self.n_pos).permute(0, 2, 1)  # (N, M, 2)
+            pos = (kpts_wh[:, None] + offset)
+            pos = 2.0 * pos / wh[None] - 1
+            feats = F.grid_sample(fmap[i][None], pos.reshape(1, n * self.n_pos, 1, 2), mode="bilinear",
+                                  align_corners=True)                         # (1, C, N*M, 1)
+            feats = feats.reshape(c, n, self.n_pos).permute(1, 2, 0)          # (N, M, C)
+            feats = F.selu(feats @ self.sf_conv.weight[:, :, 0, 0].t())       # (N, M, C)
+            desc = feats.reshape(n, -1) @ self.agg_weights.reshape(-1, self.agg_weights.shape[-1])
+            out.append(l2_normalize(desc, dim=1))
+        return out
+
+
+class ALIKEDNet(nn.Module):
+    """The ALIKED network; parameter names follow the official state dict.
+
+    forward: image (B, 3, H, W), H and W multiples of 32 -> (feature map (B, dim, H, W) L2-normalised,
+    score map (B, 1, H, W) after sigmoid).
+    """
+
+    def __init__(self, c1: int, c2: int, c3: int, c4: int, dim: int, K: int, M: int):
+        super().__init__()
+        gate = nn.SELU(inplace=True)
+        self.gate = gate
+        self.block1 = ConvBlock(3, c1, gate, conv3x3)
+        self.block2 = ResBlock(c1, c2, gate, conv3x3)
+        self.block3 = ResBlock(c2, c3, gate, dcn3x3)
+        self.block4 = ResBlock(c3, c4, gate, dcn3x3)
+        self.conv1 = conv1x1(c1, dim // 4)
+        self.conv2 = conv1x1(c2, dim // 4)
+        self.conv3 = conv1x1(c3, dim // 4)
+        self.conv4 = conv1x1(c4, dim // 4)
+        self.score_head = nn.Sequential(conv1x1(dim, 8), gate, conv3x3(8, 4), gate, conv3x3(4, 4), gate,
+                                        conv3x3(4, 1))
+        self.desc_head = SDDH(dim, K, M)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x1 = self.block1(image)                           # c1 x H x W
+        x2 = self.block2(F.avg_pool2d(x1, 2, 2))          # c2 x H/2
+        x3 = self.block3(F.avg_pool2d(x2, 4, 4))          # c3 x H/8
+        x4 = self.block4(F.avg_pool2d(x3, 4, 4))          # c4 x H/32
+        x = torch.cat([self.gate(self.conv1(x1)),
+                       upsample(self.gate(self.conv2(x2)), 2),
+                       upsample(self.gate(self.conv3(x3)), 8),
+                       upsample(self.gate(self.conv4(x4)), 32)], dim=1)
+        return l2_normalize(x, dim=1), torch.sigmoid(self.score_head(x))
+
+
+def replicate_pad(image: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Replicate-pad (B, C, H, W) to multiples of `multiple`, split evenly (the extra pixel at the
+    bottom/right). Returns the padded tensor and (left, right, top, bottom)."""
+    h, w = image.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    return (F.pad(image, pad, mode="replicate") if ph or pw else image), pad
+
+
+class ALIKED(Extractor):
+    """ALIKED keypoints and SDDH descriptors (D = 64 for t16, 128 otherwise), official weights.
+
+    Config (names of the original):
+      variant:   'aliked-t16', 'aliked-n16' (default), 'aliked-n16rot' or 'aliked-n32'.
+      weights:   None (find `<variant>.pth` through the weights lookup) or a path to a state dict.
+      top_k:     None = threshold mode (the demo default); k = the k best NMS peaks.
+      scores_th: threshold mode: keep NMS peaks with score > scores_th (mean of the map if none passes).
+      n_limit:   threshold mode: at most this many keypoints (the best); None = no limit.
+      sort:      order keypoints by decreasing score (default False: the original's order).
+    Output: keypoints in pixels (pixel-centre origin), scores = score map at the keypoint (0..1).
+    """
+
+    name = "aliked"
+    input_mode = "rgb"
+    default_conf = {
+        "variant": "aliked-n16",
+        "weights": None,
+        "top_k": None,
+        "scores_th": 0.2,
+        "n_limit": 5000,
+        "sort": False,
+    }
+
+    @classmethod
+    def weight_specs(cls, conf: dict) -> list:
+        variant = conf.get("variant", cls.default_conf["variant"])
+        if variant not in ALIKED_CONFIGS:
+            raise ConfigError(f"aliked: variant={variant!r} is not one of {sorted(ALIKED_CONFIGS)}")
+        return [hub.weight_spec(variant)]
+
+    def __init__(self, **conf):
+        super().__init__(**conf)
+        c = self.conf
+        for key in ("top_k", "n_limit"):
+            if c[key] is not None and (not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1):
+                raise ConfigError(f"aliked: {key} must be None or a positive integer, got {c[key]!r}")
+        spec = self.weight_specs(c)[0]
+        self.net = ALIKEDNet(**ALIKED_CONFIGS[c["variant"]])
+        path = hub.find_weights(spec, override=c["weights"])
+        state = hub.load_torch_checkpoint(path)
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"aliked: {path} is not a {c['variant']} state dict: {exc}") from exc
+        self.net.eval().to(self.device)
+        logger.info("aliked: loaded %s (%s)", c["variant"], path)
+
+    @torch.inference_mode()
+    def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense maps of an image tensor (B, 3, H, W) in [0, 1], RGB.
+
+        Returns (scores (B, 1, H, W) in [0, 1], feature map (B, dim, H, W) L2-normalised over dim, the
+        input of SDDH), the original's `extract_dense_map` with the order of the outputs swapped.
+        """
+        h, w = image.shape[-2:]
+        padded, (left, _, top, _) = replicate_pad(image.to(self.device), 32)
+        fmap, scores = self.net(padded)
+        return scores[..., top:top + h, left:left + w], fmap[..., top:top + h, left:left + w]
+
+    @torch.inference_mode()
+    def _extract(self, image: np.ndarray) -> Features:
+        h, w = image.shape[:2]
+        c = self.conf
+        scores_map, fmap = self.dense(image_to_tensor(image, self.device))
+        kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS, RADIUS), c["top_k"], c["scores_th"],
+                                        c["n_limit"], sub_pixel=True)
+        desc = self.net.desc_head(fmap, kpts)[0]
+        kpts, scores = kpts[0], scores[0]
+        wh = torch.tensor([w - 1, h - 1], device=kpts.device)
+        xy = wh * (kpts + 1) / 2
+        if c["sort"]:
+            order = torch.argsort(scores, descending=True, stable=True)
+            xy, desc, scores = xy[order], desc[order], scores[order]
+        return Features(xy.cpu().numpy(), scores.cpu().numpy(), desc.cpu().numpy(), (w, h))
