@@ -500,8 +500,12 @@ SUMMARY_COLUMNS = ("MMA@1", "MMA@3", "MMA@5", "MMA@10", "MMA-i@3", "MMA-v@3", "M
 
 def summary_row(m: dict) -> list:
     """The values of `SUMMARY_COLUMNS` for one method's result (None where undefined)."""
+    thresholds = list(m.get("thresholds") or metrics.MMA_THRESHOLDS)
+
     def at(curve, t):
-        return None if curve is None else curve[t - 1]
+        if curve is None or t not in thresholds:
+            return None
+        return curve[thresholds.index(t)]
 
     hom = m.get("homography_accuracy") or {}
     auc = m.get("homography_auc") or {}
@@ -509,6 +513,12 @@ def summary_row(m: dict) -> list:
             at(m["mma_illumination"], 3), at(m["mma_viewpoint"], 3), hom.get("1"), hom.get("3"), hom.get("5"),
             auc.get("1"), auc.get("3"), auc.get("5"), m.get("repeatability"), m.get("matching_score"),
             m.get("n_features"), m.get("n_matches")]
+
+
+def summary_at(m: dict, t: int):
+    """MMA overall at threshold t, or '' when the curve does not reach t."""
+    ts = list(m.get("thresholds") or [])
+    return m["mma_overall"][ts.index(t)] if t in ts else ""
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -557,13 +567,13 @@ def write_outputs(results: dict, out_dir, plot: bool = True) -> dict:
     write_text_atomic(paths["md"], "\n".join(lines) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["method", "config_hash"] + list(SUMMARY_COLUMNS) + [f"MMA@{t}" for t in range(1, 16)])
+    writer.writerow(["method", "config_hash"] + list(SUMMARY_COLUMNS) + [f"mma_overall_t{t}" for t in range(1, 16)])
     for label, m in results["methods"].items():
         writer.writerow([label, m["config_hash"]] + ["" if v is None else v for v in summary_row(m)]
                         + m["mma_overall"])
     for label, p in results.get("published", {}).items():
         writer.writerow([f"{label} (published)", ""] + ["" if v is None else v for v in summary_row(p)]
-                        + p["mma_overall"] + [""] * (15 - len(p["mma_overall"])))
+                        + [summary_at(p, t) for t in range(1, 16)])
     write_text_atomic(paths["csv"], buf.getvalue())
     buf = io.StringIO()
     writer = csv.writer(buf)

@@ -107,11 +107,11 @@ def homography_accuracy(errors, thresholds: Sequence[float] = HOMOGRAPHY_THRESHO
 
 
 def error_auc(errors, thresholds: Sequence[float] = AUC_THRESHOLDS) -> np.ndarray:
-    """Area under the cumulative error curve up to each threshold t, divided by t (T,), in [0, 1].
+    """Area under the recall-vs-error curve up to each threshold t, divided by t (T,), in [0, 1].
 
-    The curve is recall(e) = fraction of errors <= e, a step function starting at (0, 0); the
-    area is integrated exactly with the trapezoid rule over the sorted errors, as SuperGlue's
-    `pose_auc` does. Infinite errors never count. AUC = 1 only when every error is 0.
+    Computed exactly as SuperGlue's `pose_auc` (which LightGlue and others reuse for homography
+    AUC): the points (0, 0) and (e_i, i / n) over the sorted errors, joined by the trapezoid rule,
+    closed at (t, recall of the last error below t). Infinite errors never count.
     """
     e = np.sort(np.asarray(errors, np.float64).ravel())
     n = len(e)

@@ -29,13 +29,17 @@ def plot_mma(results: dict, path, max_threshold: int = 10) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
     for ax, (key, title) in zip(axes, PANELS):
+        drawn = 0
         for idx, (label, m, style) in enumerate(curves):
             ys = m.get(key)
             if ys is None:
                 continue
+            drawn += 1
             ts = [t for t in m["thresholds"] if t <= max_threshold]
             ax.plot(ts, ys[:len(ts)], style, color=colors[idx % len(colors)], linewidth=2, marker="o",
                     markersize=3, label=label)
+        if not drawn:
+            ax.text(0.5, 0.5, "no sequences of this kind", transform=ax.transAxes, ha="center", color="gray")
         ax.set_title(title, fontsize=14)
         ax.set_xlim(1, max_threshold)
         ax.set_ylim(0, 1)
