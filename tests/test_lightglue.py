@@ -338,3 +338,28 @@ def test_cli_match_exhaustive_with_lightglue(tmp_path, set_b, capsys):
         matches = store.get("a.jpg", "b.jpg")
     np.testing.assert_array_equal(matches.indices, set_b["matches"])
     np.testing.assert_allclose(matches.scores, set_b["scores"], atol=1e-5)
+
+
+def test_input_projection_of_128d_features(tmp_path, plain, set_b):
+    # A disk/aliked-layout file: the fixture's layers plus input_proj (256 x 128) embedding a 128-D descriptor
+    # as the first 128 coordinates. Matching 128-D descriptors d must then equal the 256-D model on [d, 0].
+    state = torch.load(shared("reference", "lightglue", SMALL), map_location="cpu", weights_only=True)
+    state["input_proj.weight"] = torch.eye(256, 128)
+    state["input_proj.bias"] = torch.zeros(256)
+    path = tmp_path / "aliked_lightglue.pth"
+    torch.save(state, path)
+    short = [Features(f.keypoints, f.scores, f.descriptors[:, :128], f.image_size)
+             for f in (features(set_b, 0), features(set_b, 1))]
+    padded = [Features(f.keypoints, f.scores, np.pad(f.descriptors, ((0, 0), (0, 128))), f.image_size)
+              for f in short]
+    for name in ("aliked", "disk"):
+        matcher = small_matcher(features=name, weights=str(path), **OFF)
+        assert tuple(matcher.net.input_proj.weight.shape) == (256, 128)
+        out = matcher.run(*short)
+        expected = plain.run(*padded)
+        np.testing.assert_allclose(out["log_assignment"].numpy(), expected["log_assignment"].numpy(),
+                                   atol=1e-4, rtol=1e-5)
+        np.testing.assert_array_equal(out["matches"].numpy(), expected["matches"].numpy())
+        assert len(out["matches"]) > 50
+    with pytest.raises(ValueError, match="features=disk or aliked"):  # 128-D file loaded as superpoint
+        small_matcher(features="superpoint", weights=str(path))
