@@ -251,3 +251,15 @@ def test_cli_eval_and_synth(tmp_path, capsys):
     assert main(["eval", "hpatches", "--root", str(tmp_path / "d"), "--features", str(tmp_path / "d"),
                  "-o", str(tmp_path / "o2")]) == 2  # a folder needs --ext: a clear error, not a traceback
     assert "--ext" in capsys.readouterr().err
+
+
+def test_demo_builds_synthetic_set_and_evaluates_sift(tmp_path, capsys):
+    from localfeat.demo import run_hpatches_demo
+
+    out = run_hpatches_demo(tmp_path, n_sequences=2, image_max_size=160)
+    assert out["sequences"] == 2 and (tmp_path / "hpatches" / "mma.png").exists()
+    assert "| sift:max_keypoints=2048 |" in (tmp_path / "hpatches" / "results.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "hpatches_synth").iterdir() if p.is_dir()) == \
+        ["i_astronaut", "v_astronaut"]
+    assert 0.3 < out["mma_overall@1,3,5"][2] <= 1.0
+    assert "MMA@1/3/5" in capsys.readouterr().out
