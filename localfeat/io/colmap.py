@@ -58,6 +58,11 @@ class ColmapError(ValueError):
 
 
 def _require_pycolmap():
+    # pycolmap 4.2.1 wheels carry their own zlib: when pycolmap is imported before Python's zlib
+    # module, the next zlib.compress (np.savez_compressed, gzip, zipfile) aborts the process with
+    # "free(): invalid pointer". Importing zlib first avoids it.
+    import zlib  # noqa: F401
+
     try:
         import pycolmap
     except ImportError as exc:  # the sfm extra is optional
@@ -76,6 +81,53 @@ def from_colmap_keypoints(keypoints: np.ndarray) -> np.ndarray:
     """(N, >=2) COLMAP coordinates -> float32 (N, 2) localfeat pixel-centre coordinates."""
     kpts = np.asarray(keypoints, np.float32)
     return np.ascontiguousarray(kpts[:, :2] - np.float32(COLMAP_PIXEL_SHIFT), dtype=np.float32)
+
+
+def intrinsics_from_colmap(K: np.ndarray) -> np.ndarray:
+    """A COLMAP calibration matrix (3, 3) -> the same camera in localfeat's pixel-centre convention.
+
+    Projection is x = K X / Z in both conventions; only the principal point moves by -0.5.
+    """
+    K = np.array(K, np.float64, copy=True)
+    K[0, 2] -= COLMAP_PIXEL_SHIFT
+    K[1, 2] -= COLMAP_PIXEL_SHIFT
+    return K
+
+
+def read_colmap_array(path: str | os.PathLike) -> np.ndarray:
+    """Read a COLMAP dense array (depth/normal map ``*.bin``): ASCII header ``W&H&C&`` then float32
+    planes (channel-major, each row-major). Returns (H, W) for one channel, else (H, W, C)."""
+    data = Path(path).read_bytes()
+    header_end, count = -1, 0
+    for i, byte in enumerate(data[:64]):
+        if byte == ord("&"):
+            count += 1
+            if count == 3:
+                header_end = i + 1
+                break
+    if header_end < 0:
+        raise ColmapError(f"{path}: not a COLMAP array (no 'W&H&C&' header)")
+    try:
+        w, h, c = (int(v) for v in data[:header_end - 1].decode("ascii").split("&"))
+    except ValueError as exc:
+        raise ColmapError(f"{path}: bad COLMAP array header {data[:header_end]!r}") from exc
+    values = np.frombuffer(data, np.float32, offset=header_end)
+    if values.size != w * h * c:
+        raise ColmapError(f"{path}: header says {w}x{h}x{c} but holds {values.size} floats")
+    array = values.reshape(c, h, w).transpose(1, 2, 0)
+    return np.ascontiguousarray(array[..., 0] if c == 1 else array)
+
+
+def write_colmap_array(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write (H, W) or (H, W, C) float32 in COLMAP's dense array format (inverse of `read_colmap_array`)."""
+    arr = np.asarray(array, np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    h, w, c = arr.shape
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(f"{w}&{h}&{c}&".encode("ascii"))
+            f.write(np.ascontiguousarray(arr.transpose(2, 0, 1)).tobytes())
 
 
 # ------------------------------------------------------------------------------- cameras
