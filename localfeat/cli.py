@@ -15,6 +15,7 @@ from pathlib import Path
 EXTENSIONS: list[str] = [
     # "localfeat.eval.commands",   (each area adds its module here)
     "localfeat.eval.commands",
+    "localfeat.sfm_commands",
 ]
 
 
