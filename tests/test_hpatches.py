@@ -263,3 +263,25 @@ def test_demo_builds_synthetic_set_and_evaluates_sift(tmp_path, capsys):
         ["i_astronaut", "v_astronaut"]
     assert 0.3 < out["mma_overall@1,3,5"][2] <= 1.0
     assert "MMA@1/3/5" in capsys.readouterr().out
+
+
+def test_featurestore_and_npz_folder_give_identical_results(synth_root, tmp_path):
+    from localfeat.io.h5 import FeatureStore
+    from localfeat.io.npz import write_npz
+    from localfeat.registry import load_extractor
+
+    sift = load_extractor("sift", max_keypoints=300)
+    data = HPatchesSequences(synth_root)
+    npz = tmp_path / "npz"
+    with FeatureStore(tmp_path / "feats.h5", mode="w") as store:
+        for name in data.image_names():
+            feats = sift.extract(synth_root / name)
+            store.put(name, feats)
+            (npz / name).parent.mkdir(parents=True, exist_ok=True)
+            write_npz(npz / f"{name}.sift", feats)
+    res = runner.evaluate_hpatches(synth_root, [runner.StoreSource(tmp_path / "feats.h5", label="h5"),
+                                                runner.NpzSource(npz, "sift", label="npz")], tmp_path / "out")
+    a, b = res["methods"]["h5"], res["methods"]["npz"]
+    assert a["pairs"] == b["pairs"] and a["n_features"] == b["n_features"] > 100
+    with pytest.raises(FileNotFoundError, match="no features for 1 image"):
+        runner.StoreSource(tmp_path / "feats.h5").prepare(data, ["v_other/1.ppm"], tmp_path)

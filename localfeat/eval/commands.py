@@ -8,24 +8,17 @@ EVAL_EXAMPLE = ("localfeat eval hpatches --root hpatches-sequences-release --mod
                 "--compare-published R2D2=published_hpatches/r2d2.npy")
 
 
-def _features_arg(item: str) -> tuple:
-    """'PATH' or 'LABEL=PATH' -> (label or None, path)."""
-    label, sep, path = item.partition("=")
-    if sep and not Path(item).exists():
-        return label.strip() or None, Path(path)
-    return None, Path(item)
-
-
 def cmd_eval_hpatches(args) -> int:
     from ..datasets.hpatches import D2NET_EXCLUDED
     from ..geometry import RansacParams
+    from .published import parse_label
     from .hpatches import EvalSettings, ExtractorSource, NpzSource, StoreSource, evaluate_hpatches, summary_row
 
     if not args.model and not args.features:
         raise ValueError("give at least one --model SPEC or --features PATH")
     sources = [ExtractorSource(spec, max_size=args.max_size) for spec in args.model or []]
     for item in args.features or []:
-        label, path = _features_arg(item)
+        label, path = parse_label(item)
         if path.is_dir():
             if not args.ext:
                 raise ValueError(f"--features {path} is a folder of per-image npz files: give their extension "

@@ -190,7 +190,7 @@ class StoreSource(FeatureSource):
 
     def config_hash(self, dataset) -> str:
         files = [self.path] if self.path.exists() else []
-        files += self.store._chunk_files()
+        files += sorted(self.store.journal_dir.glob("*.h5"))  # entries not yet merged into the main file
         return _digest_files(files)
 
     def prepare(self, dataset, names, work_dir) -> None:
