@@ -267,7 +267,12 @@ class LightGlueNet(nn.Module):
           (n_layers everywhere when pruning is off);
           log_assignment (B, M'+1, N'+1), similarity (B, M', N') of the last layer run, over the points
           left after pruning (M' = M, N' = N without pruning);
-          with `intermediates`: encoding0/1 and desc0/1_after_layer{i}.
+          kept0 (B, M'), kept1 (B, N'): input indices of the points left after pruning (absent when an
+          image has no keypoints);
+          with `intermediates`: encoding0/1 (2, B, 1, M or N, 64) and desc0/1_after_layer{i} (B, ., 256),
+          the states after each layer run (over the points left at that layer).
+        Computation stays in float32 on every device (the original switches to half precision inside
+        flash attention on CUDA), so GPU results equal CPU ones up to float32 rounding.
         """
         b, m, _ = kpts0.shape
         n = kpts1.shape[1]
