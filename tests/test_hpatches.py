@@ -285,3 +285,29 @@ def test_featurestore_and_npz_folder_give_identical_results(synth_root, tmp_path
     assert a["pairs"] == b["pairs"] and a["n_features"] == b["n_features"] > 100
     with pytest.raises(FileNotFoundError, match="no features for 1 image"):
         runner.StoreSource(tmp_path / "feats.h5").prepare(data, ["v_other/1.ppm"], tmp_path)
+
+
+def test_download_helper_extracts_a_local_archive_and_checks_it(tmp_path):
+    import tarfile
+
+    from localfeat.datasets.hpatches import HPATCHES_ARCHIVE, download_hpatches
+    from localfeat.hub import sha256_file
+
+    src = tmp_path / "src" / "hpatches-sequences-release"
+    generate(src, n_sequences=2, seed=0, image_max_size=64)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with tarfile.open(dest / HPATCHES_ARCHIVE, "w:gz") as tar:
+        tar.add(src, arcname="hpatches-sequences-release")
+    with pytest.raises(DatasetError, match="sha256"):
+        download_hpatches(dest, sha256="0" * 64)
+    out = download_hpatches(dest, sha256=sha256_file(dest / HPATCHES_ARCHIVE))
+    assert out == dest / "hpatches-sequences-release"
+    assert HPatchesSequences(out).sequences == ["i_astronaut", "v_astronaut"]
+
+
+def test_download_helper_offline_says_where_to_put_the_archive(tmp_path):
+    from localfeat.datasets.hpatches import download_hpatches
+
+    with pytest.raises(DatasetError, match=str(tmp_path / "hpatches-sequences-release.tar.gz")):
+        download_hpatches(tmp_path, url="http://127.0.0.1:9/hpatches-sequences-release.tar.gz")
