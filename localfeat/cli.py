@@ -16,6 +16,7 @@ EXTENSIONS: list[str] = [
     # "localfeat.eval.commands",   (each area adds its module here)
     "localfeat.eval.commands",
     "localfeat.sfm_commands",
+    "localfeat.train.commands",
 ]
 
 
