@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ..datasets.hpatches import D2NET_EXCLUDED, HPatchesSequences, Pair
 from ..geometry import RansacParams, corner_error, estimate_homography
 from ..io.atomic import write_text_atomic
+from ..registry import conf_hash, get_class, load_extractor, merge_conf, parse_model_spec
 from ..types import Features
 from . import metrics
 
@@ -110,8 +111,6 @@ class ExtractorSource(FeatureSource):
     kind = "extractor"
 
     def __init__(self, spec: str, max_size: Optional[int] = None, conf: Optional[dict] = None):
-        from ..registry import get_class, parse_model_spec
-
         name, spec_conf = parse_model_spec(spec)
         spec_conf.update(conf or {})
         if max_size is not None and "resize_max" not in spec_conf:
@@ -121,8 +120,6 @@ class ExtractorSource(FeatureSource):
         cls = get_class("extractor", name)
         self._conf = dict(spec_conf)
         # Resolve the full config now (strict: a bad key fails before any work).
-        from ..registry import merge_conf
-
         self._full_conf = merge_conf(cls.all_defaults(), spec_conf, where=f"model {name!r}")
         self._full_conf.pop("device", None)  # where it runs does not change the result
         self._extractor = None
@@ -132,15 +129,11 @@ class ExtractorSource(FeatureSource):
         return dict(self._full_conf)
 
     def config_hash(self, dataset) -> str:
-        from ..registry import conf_hash
-
         return conf_hash(self.method, self._full_conf)
 
     @property
     def extractor(self):
         if self._extractor is None:
-            from ..registry import load_extractor
-
             self._extractor = load_extractor(self.method, **self._conf)
         return self._extractor
 
@@ -255,8 +248,6 @@ class CallableSource(FeatureSource):
         return dict(self._config)
 
     def config_hash(self, dataset) -> str:
-        from ..registry import conf_hash
-
         return conf_hash(self.label, self._config)
 
     def get(self, dataset, name: str) -> Features:
@@ -468,7 +459,7 @@ def evaluate_hpatches(root, sources: Sequence[FeatureSource], out_dir, settings:
     ('PATH' or 'LABEL=PATH', loaded with pickle: only files you trust) drawn beside.
     Returns the content of results.json.
     """
-    from . import plots, published
+    from . import published
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
