@@ -289,6 +289,20 @@ def test_tiny_image_is_rejected(xfeat):
         xfeat.extract(np.zeros((40, 20, 3), np.uint8))
 
 
+def test_no_peak_gives_empty_features(xfeat):
+    ex = load_extractor("xfeat", device="cpu", detection_threshold=1.0)  # softmax values never exceed 1
+    feats = ex.extract(np.full((64, 96, 3), 128, np.uint8))
+    assert len(feats) == 0 and feats.descriptors.shape == (0, 64) and feats.image_size == (96, 64)
+
+
+def test_semi_dense_small_image_error_names_sizes():
+    ex = load_extractor("xfeat", device="cpu", mode="semi-dense")
+    with pytest.raises(ValueError, match="40x40.*24x24 at scale 0.6"):
+        ex.extract(np.zeros((40, 40, 3), np.uint8))
+    assert len(load_extractor("xfeat", device="cpu", mode="semi-dense", multiscale=False,
+                              top_k=None).extract(np.zeros((40, 40, 3), np.uint8))) == 16
+
+
 def test_cli_extract_and_match(tmp_path):
     images = shared("hpatches_subset", "v_churchill")
     assert main(["extract", str(images / "[12].ppm"), "-o", str(tmp_path / "f.h5"), "--model", "xfeat",

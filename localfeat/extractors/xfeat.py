@@ -256,6 +256,11 @@ def detect_and_compute_dense(net: XFeatNet, x: torch.Tensor, top_k: Optional[int
     for scale, share in plans:
         k = None if top_k is None else max(1, int(top_k * share))
         xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        if min(xs.shape[-2:]) < MULTIPLE:
+            h, w = x.shape[-2:]
+            raise ValueError(f"xfeat semi-dense: the {w}x{h} (W x H) image is {xs.shape[-1]}x{xs.shape[-2]} at "
+                             f"scale {scale}, below the network's {MULTIPLE}x{MULTIPLE} minimum; use "
+                             "multiscale=False or a larger image")
         points, scores, desc, factors = extract_dense(net, xs, k)
         kpts = internal_to_original(points, factors, scale)
         out.append((kpts, scores, desc, torch.full_like(scores, scale)))
