@@ -92,7 +92,7 @@ def test_set_a_raw_outputs_and_matches(plain, set_a):
     for layer in (0, 1):
         for side in (0, 1):
             key = f"desc{side}_after_layer{layer}"
-            np.testing.assert_allclose(out[key].numpy(), set_a[key], atol=1e-4, rtol=0, err_msg=key)
+            np.testing.assert_allclose(out[key].numpy(), set_a[key], atol=1e-5, rtol=0, err_msg=key)
     assert out["stop"] == int(set_a["stop"]) == 2
     np.testing.assert_array_equal(out["prune0"].numpy(), set_a["prune0"])
     np.testing.assert_array_equal(out["prune1"].numpy(), set_a["prune1"])
