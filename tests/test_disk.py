@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REFERENCE, shared
+from conftest import shared
 
 from localfeat import hub
 from localfeat.extractors._statedict import CheckpointError
 from localfeat.extractors.disk import DISK, DiskNet
 from localfeat.registry import ConfigError, get_class, load_extractor
-
-REF = REFERENCE / "disk"
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ class D2Trunk(nn.Module):
         def conv(a, b, dil=1):
             return nn.Conv2d(a, b, 3, padding=dil, dilation=dil)
 
-        relu = nn.ReLU  # not in-place: the layers are reused for gradient checks in training
+        relu = nn.ReLU  # parameter-free, so in-place or not does not change the keys or the values
         self.model = nn.Sequential(
             conv(3, 64), relu(), conv(64, 64), relu(), nn.MaxPool2d(2, 2),
             conv(64, 128), relu(), conv(128, 128), relu(), nn.MaxPool2d(2, 2),
