@@ -4,7 +4,8 @@ with adaptive depth/width off and on, against mutual nearest neighbours measured
 Without --weights the network has random weights of the full configuration (9 layers; PyTorch's default
 initialisation). Random token-confidence heads are never confident, so "adaptive" then measures only the
 overhead of the checks (nothing stops or is pruned); the row "adaptive, all confident" forces every token
-confident (stop after the first layer) and is the lower bound of what adaptive depth can save. With the
+confident (stop after the first layer) and is the lower bound of what adaptive depth can save; the row
+"pruning only" shows what point pruning saves when about half of the points go at each layer. With the
 official file (--weights superpoint_lightglue.pth) the "adaptive" row shows the real behaviour.
 
     python benchmarks/bench_lightglue.py --features superpoint --sizes 512 1024 2048 --repeats 3 --threads 1
@@ -92,6 +93,13 @@ def main() -> None:
             for head in forced.net.token_confidence:
                 head.token[0].bias += 20.0
         configs["adaptive, all confident (stop after layer 1)"] = forced
+        # Pruning alone: confident tokens, stopping impossible (depth 1.0), and width 0.5 keeps the points of
+        # matchability > 0.5, about half of them at each layer with these random heads.
+        pruning = load_matcher("lightglue", depth_confidence=1.0, width_confidence=0.5, **common)
+        with torch.no_grad():
+            for head in pruning.net.token_confidence:
+                head.token[0].bias += 20.0
+        configs["pruning only (confident tokens, width 0.5)"] = pruning
 
         print(f"LightGlue ({args.features}, {'random weights' if args.weights is None else args.weights}), "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
