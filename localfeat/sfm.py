@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -169,7 +170,8 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
         if seed is not None:
             mapper_options.random_seed = int(seed)
         models_dir = out / "models"
-        models_dir.mkdir(exist_ok=True)
+        shutil.rmtree(models_dir, ignore_errors=True)  # no stale models of a previous run
+        models_dir.mkdir()
         map_bar = tqdm(total=len(names), desc="register", unit="img", disable=None, position=1, leave=False)
         reconstructions = pycolmap.incremental_mapping(
             str(database), str(root), str(models_dir), options=mapper_options,
@@ -183,7 +185,8 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
         logger.warning("sfm: pycolmap registered no images (too few verified matches?)")
     else:
         for folder, writer in (("sparse", best.write_binary), ("sparse_text", best.write_text)):
-            (out / folder).mkdir(exist_ok=True)
+            shutil.rmtree(out / folder, ignore_errors=True)
+            (out / folder).mkdir()
             writer(str(out / folder))
     summary = reconstruction_summary(best, len(names))
     summary.update({
