@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import copy
 import logging
 import os
 import pickle
@@ -107,6 +108,11 @@ def _layer_plan(name: str, mchan: int, dim: int, relu22: bool, downsample_factor
             _Conv(32 * m, k=2, dilation=4, relu=relu22), _Conv(dim, k=2, dilation=8, bn=False, relu=False)]
 
 
+class _ToBFloat16(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+
 class R2D2Net(nn.Module):
     """R2D2 / Fast-R2D2 network.
 
@@ -150,6 +156,30 @@ class R2D2Net(nn.Module):
         self.receptive_radius = int(radius) + 1
         # Tiles must start on multiples of this so that pooling sees the same 2x2 cells.
         self.alignment = downsample_factor if self.fast else 1
+
+    def bf16_trunk(self, fp32_convs: int = 2) -> nn.ModuleList:
+        """A copy of the trunk for the bfloat16 mode: BatchNorm folded into the preceding convolution,
+        convolutions from the (fp32_convs + 1)-th on in bfloat16 (channels-last), the first ones in
+        float32 (they are 2% of the work but bfloat16 there costs the most keypoints).
+        Input float32 (B, 3, H, W); output bfloat16 features before the upsample of Fast-R2D2."""
+        layers, ops, n_conv = [], list(self.ops), 0
+        for i, op in enumerate(ops):
+            if isinstance(op, nn.BatchNorm2d):
+                continue  # folded into the convolution before it
+            op = copy.deepcopy(op)
+            if isinstance(op, nn.Conv2d):
+                nxt = ops[i + 1] if i + 1 < len(ops) else None
+                if isinstance(nxt, nn.BatchNorm2d):
+                    inv = (nxt.running_var + nxt.eps).rsqrt()
+                    op.weight.data = op.weight.data * inv[:, None, None, None]
+                    op.bias.data = (op.bias.data - nxt.running_mean) * inv
+                if n_conv == fp32_convs:
+                    layers.append(_ToBFloat16())
+                if n_conv >= fp32_convs:
+                    op = op.to(torch.bfloat16).to(memory_format=torch.channels_last)
+                n_conv += 1
+            layers.append(op)
+        return nn.ModuleList(layers).eval()
 
     def forward(self, x: torch.Tensor) -> dict:
         for op in self.ops:
