@@ -9,7 +9,7 @@ run so that a busy machine slows them alike:
   localfeat dAC    localfeat.extractors.xfeat.detect_and_compute on the same float tensor (what the original's
                    timing covers)
   localfeat extract  XFeat.extract on the uint8 image (tensor conversion and Features included)
-  naive net / localfeat net   the network forward alone (unfolded vs folded BatchNorm)
+  naive net / localfeat net   the network forward alone (unfolded BatchNorm vs folded and channels-last)
 
 Ratios are throughput ratios (baseline time / time). timings.json holds the original implementation's times
 on a quiet 2-core machine (detectAndCompute 0.0818 s, network 0.0469 s).
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         "localfeat dAC": (lambda: detect_and_compute(fast_net, x, args.top_k), "dac"),
         "localfeat extract (uint8 in)": (lambda: extractor.extract(image_rgb), "dac"),
         "naive net (BatchNorm)": (lambda: net_only(naive_net), "net"),
-        "localfeat net (folded)": (lambda: net_only(fast_net), "net"),
+        "localfeat net (folded, NHWC)": (lambda: net_only(fast_net), "net"),
     }
     times = {k: [] for k in variants}
     for _ in range(3):
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         base, orig = (base_net, orig_net) if variants[name][1] == "net" else (base_dac, orig_dac)
         print(f"{name:32s} {med[name]:9.4f} {min(values):8.4f} {base / med[name]:19.2f} {orig / med[name]:26.2f}")
     post_naive = base_dac - base_net
-    post_fast = med["localfeat dAC"] - med["localfeat net (folded)"]
+    post_fast = med["localfeat dAC"] - med["localfeat net (folded, NHWC)"]
     print(f"post-processing (dAC - net): naive {post_naive:.4f} s, localfeat {post_fast:.4f} s "
           f"({post_naive / max(post_fast, 1e-9):.1f}x less); original recorded {orig_dac - orig_net:.4f} s")
     return 0
