@@ -82,42 +82,55 @@ def _conv_case(seed=0, c=3, cout=4, h=7, w=9):
             torch.randn(cout, generator=g))
 
 
-def test_deform_conv_with_zero_offsets_is_a_convolution():
+@pytest.mark.parametrize("exact", [True, False])
+def test_deform_conv_with_zero_offsets_is_a_convolution(exact):
     x, wgt, b = _conv_case()
     offset = torch.zeros(1, 18, 7, 9)
-    torch.testing.assert_close(deform_conv2d(x, offset, wgt, b, (1, 1)), F.conv2d(x, wgt, b, padding=1),
+    torch.testing.assert_close(deform_conv2d(x, offset, wgt, b, (1, 1), exact=exact), F.conv2d(x, wgt, b, padding=1),
                                atol=1e-5, rtol=1e-5)
 
 
-def test_deform_conv_with_integer_offsets_is_a_shifted_convolution():
+@pytest.mark.parametrize("exact", [True, False])
+def test_deform_conv_with_integer_offsets_is_a_shifted_convolution(exact):
     x, wgt, b = _conv_case(1)
     offset = torch.zeros(1, 9, 2, 7, 9)
     offset[:, :, 0] = 1.0   # dy = +1 for every tap: the kernel reads one row lower
     offset[:, :, 1] = -2.0  # dx = -2: two columns to the left
     # tap (i, j) of output (y, x) reads x[y + i, x + j - 3]: a plain conv of x zero-padded by 3, cropped
     expected = F.conv2d(F.pad(x, (3, 3, 3, 3)), wgt, b)[..., 3:3 + 7, 0:9]
-    torch.testing.assert_close(deform_conv2d(x, offset.reshape(1, 18, 7, 9), wgt, b, (1, 1)), expected,
+    torch.testing.assert_close(deform_conv2d(x, offset.reshape(1, 18, 7, 9), wgt, b, (1, 1), exact=exact), expected,
                                atol=1e-5, rtol=1e-5)
 
 
-def test_deform_conv_half_pixel_offset_and_out_of_map_rule():
+@pytest.mark.parametrize("exact", [True, False])
+def test_deform_conv_half_pixel_offset_and_out_of_map_rule(exact):
     # one channel, one tap: the kernel is a delta on its centre tap (k = 4)
     x = torch.arange(12, dtype=torch.float32).reshape(1, 1, 3, 4)
     wgt = torch.zeros(1, 1, 3, 3)
     wgt[0, 0, 1, 1] = 1.0
     offset = torch.zeros(1, 18, 3, 4)
     offset[:, 2 * 4 + 1] = 0.5  # dx = +0.5 on the centre tap: mean of x[y, x] and x[y, x + 1]
-    out = deform_conv2d(x, offset, wgt, None, (1, 1))[0, 0]
+    out = deform_conv2d(x, offset, wgt, None, (1, 1), exact=exact)[0, 0]
     expected = torch.tensor([[0.5, 1.5, 2.5, 1.5], [4.5, 5.5, 6.5, 3.5], [8.5, 9.5, 10.5, 5.5]])
     # last column: x + 0.5 = 3.5 is inside (< W), its right neighbour is outside: 0.5 * x[y, 3]
     torch.testing.assert_close(out, expected)
     offset[:, 2 * 4] = -1.0  # dy = -1: row 0 samples at y = -1, which is "outside" (y <= -1): 0
-    out = deform_conv2d(x, offset, wgt, None, (1, 1))[0, 0]
+    out = deform_conv2d(x, offset, wgt, None, (1, 1), exact=exact)[0, 0]
     assert out[0].eq(0).all()
     torch.testing.assert_close(out[1:], expected[:2])
     offset[:, 2 * 4] = -0.5  # y = -0.5 on row 0: half of row 0's value
-    out = deform_conv2d(x, offset, wgt, None, (1, 1))[0, 0]
+    out = deform_conv2d(x, offset, wgt, None, (1, 1), exact=exact)[0, 0]
     torch.testing.assert_close(out[0], 0.5 * expected[0])
+
+
+def test_deform_conv_fast_and_exact_sampling_agree():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 8, 12, 16, generator=g)
+    wgt = torch.randn(5, 8, 3, 3, generator=g)
+    offset = torch.randn(1, 18, 12, 16, generator=g) * 6  # many taps far outside the map
+    exact = deform_conv2d(x, offset, wgt, None, (1, 1), exact=True)
+    fast = deform_conv2d(x, offset, wgt, None, (1, 1), exact=False)
+    torch.testing.assert_close(fast, exact, atol=1e-4, rtol=1e-5)
 
 
 def test_deform_conv_checks_shapes():

@@ -109,19 +109,62 @@ class ALNet(nn.Module):
             self.convhead1 = conv1x1(dim, dim)
         self.convhead2 = conv1x1(dim, dim + 1)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def branches(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The four aggregation inputs gate(conv_k(x_k)), each (B, dim/4, H/s, W/s), s = 1, 2, 8, 32."""
         x1 = self.block1(image)                           # c1 x H x W
         x2 = self.block2(F.max_pool2d(x1, 2, 2))          # c2 x H/2
         x3 = self.block3(F.max_pool2d(x2, 4, 4))          # c3 x H/8
         x4 = self.block4(F.max_pool2d(x3, 4, 4))          # c4 x H/32
-        x = torch.cat([self.gate(self.conv1(x1)),
-                       upsample(self.gate(self.conv2(x2)), 2),
-                       upsample(self.gate(self.conv3(x3)), 8),
-                       upsample(self.gate(self.conv4(x4)), 32)], dim=1)
+        return [self.gate(self.conv1(x1)), self.gate(self.conv2(x2)), self.gate(self.conv3(x3)),
+                self.gate(self.conv4(x4))]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a1, a2, a3, a4 = self.branches(image)
+        x = torch.cat([a1, upsample(a2, 2), upsample(a3, 8), upsample(a4, 32)], dim=1)
         if not self.single_head:
             x = self.gate(self.convhead1(x))
         x = self.convhead2(x)
         return torch.sigmoid(x[:, -1:]), x[:, :-1]
+
+    def forward_sparse(self, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The score map (B, 1, H, W) and what `descriptors_at` needs, without the dense descriptor map.
+
+        Single-head models: the score logit is w . cat(a1, up(a2), up(a3), up(a4)); the 1x1 head and the
+        bilinear upsampling are both linear, so it equals w1 . a1 + up(w2 . a2) + up(w3 . a3) +
+        up(w4 . a4), which upsamples 3 one-channel maps instead of 3 x dim/4 channels (equal up to float
+        rounding). alike-l has a non-linear layer after the concatenation: its hidden map is kept.
+        """
+        a = self.branches(image)
+        head = self.convhead2.weight[:, :, 0, 0]  # (dim + 1, dim)
+        if self.single_head:
+            q = head.shape[1] // 4
+            w = [head[-1:, k * q:(k + 1) * q, None, None] for k in range(4)]
+            logit = F.conv2d(a[0], w[0])
+            for k, factor in ((1, 2), (2, 8), (3, 32)):
+                logit = logit + upsample(F.conv2d(a[k], w[k]), factor)
+            return torch.sigmoid(logit), {"branches": a, "size": image.shape[-2:]}
+        x = torch.cat([a[0], upsample(a[1], 2), upsample(a[2], 8), upsample(a[3], 32)], dim=1)
+        hidden = self.gate(self.convhead1(x))
+        return torch.sigmoid(F.conv2d(hidden, head[-1:, :, None, None])), {"hidden": hidden}
+
+    def descriptors_at(self, ctx: dict, yx: torch.Tensor, i: int = 0) -> torch.Tensor:
+        """Raw (not normalised) descriptors (P, dim) of image i of the batch at integer pixels yx (P, 2)
+        (row, column) of the network input, from the `forward_sparse` context; equal to the dense
+        descriptor map read at those pixels."""
+        head = self.convhead2.weight[:-1, :, 0, 0]  # (dim, dim)
+        y, x = yx[:, 0], yx[:, 1]
+        if "hidden" in ctx:
+            return ctx["hidden"][i][:, y, x].t() @ head.t()
+        a1, a2, a3, a4 = ctx["branches"]
+        h, w = ctx["size"]
+        # upsampled maps at integer pixels = bilinear samples with align_corners=True at the same
+        # normalised position
+        grid = torch.stack([x / max(w - 1, 1) * 2 - 1, y / max(h - 1, 1) * 2 - 1], dim=-1).to(a1.dtype)
+        parts = [a1[i][:, y, x]]
+        for ak in (a2, a3, a4):
+            parts.append(F.grid_sample(ak[i:i + 1], grid.view(1, 1, -1, 2), mode="bilinear",
+                                       align_corners=True)[0, :, 0])
+        return torch.cat(parts, dim=0).t() @ head.t()
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int = 32) -> torch.Tensor:
@@ -197,18 +240,41 @@ class ALIKE(Extractor):
     def _extract(self, image: np.ndarray) -> Features:
         h, w = image.shape[:2]
         c = self.conf
-        scores_map, desc_map = self.dense(image_to_tensor(image, self.device))
+        tensor = pad_to_multiple(image_to_tensor(image, self.device), 32)
+        scores_map, ctx = self.net.forward_sparse(tensor)
+        scores_map = scores_map[..., :h, :w]
         kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS + 1, RADIUS), c["top_k"], c["scores_th"],
                                         c["n_limit"], c["sub_pixel"])
         kpts, scores = kpts[0], scores[0]
+        size = kpts.new_tensor([w - 1, h - 1])
         if c["sub_pixel"]:
-            desc = sample_dense(desc_map, kpts[None], align_corners=True)[0]
-        else:  # the original truncates the pixel position and reads the map
-            xy = ((kpts + 1) / 2 * kpts.new_tensor([w - 1, h - 1])).long()
-            desc = desc_map[0, :, xy[:, 1], xy[:, 0]].t()
+            desc = sample_normalized_bilinear(lambda yx: self.net.descriptors_at(ctx, yx), kpts, (w, h))
+        else:  # the original truncates the pixel position and reads the normalised map
+            xy = ((kpts + 1) / 2 * size).long()
+            desc = l2_normalize(self.net.descriptors_at(ctx, xy.flip(1)), dim=1)
         desc = l2_normalize(desc, dim=1)
-        xy = (kpts + 1) / 2 * kpts.new_tensor([w - 1, h - 1])
+        xy = (kpts + 1) / 2 * size
         if c["sort"]:
             order = torch.argsort(scores, descending=True, stable=True)
             xy, desc, scores = xy[order], desc[order], scores[order]
         return Features(xy.cpu().numpy(), scores.cpu().numpy(), desc.cpu().numpy(), (w, h))
+
+
+def sample_normalized_bilinear(read: Callable, grid: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
+    """Bilinear samples (N, D) at grid points (N, 2) (align_corners=True, inside the map) of the
+    L2-normalised version of a map of size (W, H) that is only read at pixels: `read(yx (P, 2))` returns
+    the raw vectors (P, D). Equal to `grid_sample(normalize(map), grid, align_corners=True)` without
+    computing the dense map: the 4 neighbours of each point are read, normalised and blended.
+    """
+    w, h = size_wh
+    ix = (grid[:, 0] + 1) / 2 * (w - 1)
+    iy = (grid[:, 1] + 1) / 2 * (h - 1)
+    x0, y0 = torch.floor(ix), torch.floor(iy)
+    lx, ly = ix - x0, iy - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # weight 0 when clamped
+    corners = torch.cat([torch.stack([y0, x0], 1), torch.stack([y0, x1], 1),
+                         torch.stack([y1, x0], 1), torch.stack([y1, x1], 1)])
+    vec = l2_normalize(read(corners), dim=1).view(4, len(grid), -1)
+    wgt = torch.stack([(1 - lx) * (1 - ly), lx * (1 - ly), (1 - lx) * ly, lx * ly])[..., None]
+    return (vec * wgt).sum(0)

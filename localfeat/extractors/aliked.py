@@ -64,13 +64,16 @@ def _bilinear_zero(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch
 
 
 def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias=None,
-                  padding: tuple[int, int] = (1, 1)) -> torch.Tensor:
+                  padding: tuple[int, int] = (1, 1), exact: bool = False) -> torch.Tensor:
     """Deformable convolution v1 (stride 1, dilation 1, one offset group), plain PyTorch.
 
     x:      (B, C, H, W) input.
     offset: (B, 2 * kh * kw, Ho, Wo), for kernel tap k = i * kw + j the channels 2k (dy) and 2k + 1 (dx),
             in pixels, torchvision's layout.
     weight: (Cout, C, kh, kw); bias: (Cout,) or None.
+    exact:  False samples with `grid_sample` (about 3x faster on CPU; differences of the order of 1e-6
+            from the rounding of the coordinate normalisation); True repeats the arithmetic of
+            torchvision's kernel (`_bilinear_zero`).
     Returns (B, Cout, Ho, Wo), Ho = H + 2 * padding[0] - kh + 1 (likewise Wo): equal to
     `torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=padding)` within float rounding.
     """
@@ -90,7 +93,12 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, b
     base_x = torch.arange(wo, device=x.device, dtype=x.dtype) - pw
     py = base_y[None, :, None] + ki[:, None, None] + off[:, :, 0]  # (B, K, Ho, Wo)
     px = base_x[None, None, :] + kj[:, None, None] + off[:, :, 1]
-    cols = _bilinear_zero(x, py.reshape(b, -1), px.reshape(b, -1))   # (B, C, K*Ho*Wo)
+    if exact:
+        cols = _bilinear_zero(x, py.reshape(b, -1), px.reshape(b, -1))   # (B, C, K*Ho*Wo)
+    else:  # grid_sample's zero padding gives the same values up to the rounding of the normalisation
+        grid = torch.stack([px * (2.0 / max(w - 1, 1)) - 1, py * (2.0 / max(h - 1, 1)) - 1], dim=-1)
+        cols = F.grid_sample(x, grid.reshape(b, 1, -1, 2), mode="bilinear", padding_mode="zeros",
+                             align_corners=True)[:, :, 0]
     cols = cols.reshape(b, c * kh * kw, ho * wo)
     out = torch.matmul(weight.reshape(cout, -1), cols).reshape(b, cout, ho, wo)
     if bias is not None:
