@@ -271,6 +271,7 @@ class LightGlueNet(nn.Module):
           image has no keypoints);
           with `intermediates`: encoding0/1 (2, B, 1, M or N, 64) and desc0/1_after_layer{i} (B, ., 256),
           the states after each layer run (over the points left at that layer).
+        Point pruning selects points of batch element 0 only, as the original: use B = 1 with pruning.
         Computation stays in float32 on every device (the original switches to half precision inside
         flash attention on CUDA), so GPU results equal CPU ones up to float32 rounding.
         """
