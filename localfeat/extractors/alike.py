@@ -160,11 +160,13 @@ class ALNet(nn.Module):
         # upsampled maps at integer pixels = bilinear samples with align_corners=True at the same
         # normalised position
         grid = torch.stack([x / max(w - 1, 1) * 2 - 1, y / max(h - 1, 1) * 2 - 1], dim=-1).to(a1.dtype)
-        parts = [a1[i][:, y, x]]
-        for ak in (a2, a3, a4):
-            parts.append(F.grid_sample(ak[i:i + 1], grid.view(1, 1, -1, 2), mode="bilinear",
-                                       align_corners=True)[0, :, 0])
-        return torch.cat(parts, dim=0).t() @ head.t()
+        q = a1.shape[1]
+        x1234 = torch.empty(len(yx), 4 * q, dtype=a1.dtype, device=a1.device)
+        x1234[:, :q] = a1[i].reshape(q, -1).index_select(1, y * w + x).t()
+        for k, ak in enumerate((a2, a3, a4), start=1):
+            x1234[:, k * q:(k + 1) * q] = F.grid_sample(ak[i:i + 1], grid.view(1, 1, -1, 2), mode="bilinear",
+                                                        align_corners=True)[0, :, 0].t()
+        return x1234 @ head.t()
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int = 32) -> torch.Tensor:

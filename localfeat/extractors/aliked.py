@@ -164,24 +164,34 @@ class SDDH(nn.Module):
         """fmap (B, C, H, W) L2-normalised; keypoints: per image (N, 2) grid coordinates
         (align_corners=True). Returns per image (N, D) L2-normalised descriptors."""
         b, c, h, w = fmap.shape
-        wh = torch.tensor([[w - 1, h - 1]], device=fmap.device)
-        max_offset = max(h, w) / 4.0
         out = []
         for i in range(b):
-            kpts_wh = (keypoints[i] / 2 + 0.5) * wh                           # (N, 2) pixels
-            n = len(kpts_wh)
-            patch = get_patches(fmap[i], kpts_wh.long(), self.kernel_size)   # (N, C, k, k)
-            offset = self.offset_conv(patch).clamp(-max_offset, max_offset)  # (N, 2M, 1, 1)
-            offset = offset[:, :, 0, 0].view(n, 2, self.n_pos).permute(0, 2, 1)  # (N, M, 2)
-            pos = (kpts_wh[:, None] + offset)
-            pos = 2.0 * pos / wh[None] - 1
-            feats = F.grid_sample(fmap[i][None], pos.reshape(1, n * self.n_pos, 1, 2), mode="bilinear",
-                                  align_corners=True)                         # (1, C, N*M, 1)
-            feats = feats.reshape(c, n, self.n_pos).permute(1, 2, 0)          # (N, M, C)
-            feats = F.selu(feats @ self.sf_conv.weight[:, :, 0, 0].t())       # (N, M, C)
-            desc = feats.reshape(n, -1) @ self.agg_weights.reshape(-1, self.agg_weights.shape[-1])
-            out.append(l2_normalize(desc, dim=1))
+            def patches(points, f=fmap[i]):
+                return get_patches(f, points, self.kernel_size)
+
+            def sample(grid, f=fmap[i]):
+                return F.grid_sample(f[None], grid.view(1, -1, 1, 2), mode="bilinear",
+                                     align_corners=True)[0, :, :, 0].t()
+            out.append(self.describe(patches, sample, keypoints[i], (w, h)))
         return out
+
+    def describe(self, patches, sample, keypoints: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
+        """Descriptors (N, D) of one image from two readers of its normalised feature map of size (W, H):
+        `patches(points (N, 2) int (x, y))` -> (N, C, k, k) zero outside, and `sample(grid (P, 2))` ->
+        (P, C) bilinear samples (align_corners=True, zero outside). keypoints: (N, 2) grid coordinates."""
+        w, h = size_wh
+        wh = torch.tensor([[w - 1, h - 1]], device=keypoints.device)
+        max_offset = max(h, w) / 4.0
+        kpts_wh = (keypoints / 2 + 0.5) * wh                                  # (N, 2) pixels
+        n = len(kpts_wh)
+        patch = patches(kpts_wh.long())                                       # (N, C, k, k)
+        offset = self.offset_conv(patch).clamp(-max_offset, max_offset)      # (N, 2M, 1, 1)
+        offset = offset[:, :, 0, 0].view(n, 2, self.n_pos).permute(0, 2, 1)  # (N, M, 2)
+        pos = 2.0 * (kpts_wh[:, None] + offset) / wh[None] - 1
+        feats = sample(pos.reshape(n * self.n_pos, 2)).reshape(n, self.n_pos, -1)  # (N, M, C)
+        feats = F.selu(feats @ self.sf_conv.weight[:, :, 0, 0].t())           # (N, M, C)
+        desc = feats.reshape(n, -1) @ self.agg_weights.reshape(-1, self.agg_weights.shape[-1])
+        return l2_normalize(desc, dim=1)
 
 
 class ALIKEDNet(nn.Module):
@@ -207,16 +217,50 @@ class ALIKEDNet(nn.Module):
                                         conv3x3(4, 1))
         self.desc_head = SDDH(dim, K, M)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def branches(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The four aggregation inputs gate(conv_k(x_k)), each (B, dim/4, H/s, W/s), s = 1, 2, 8, 32."""
         x1 = self.block1(image)                           # c1 x H x W
         x2 = self.block2(F.avg_pool2d(x1, 2, 2))          # c2 x H/2
         x3 = self.block3(F.avg_pool2d(x2, 4, 4))          # c3 x H/8
         x4 = self.block4(F.avg_pool2d(x3, 4, 4))          # c4 x H/32
-        x = torch.cat([self.gate(self.conv1(x1)),
-                       upsample(self.gate(self.conv2(x2)), 2),
-                       upsample(self.gate(self.conv3(x3)), 8),
-                       upsample(self.gate(self.conv4(x4)), 32)], dim=1)
+        return [self.gate(self.conv1(x1)), self.gate(self.conv2(x2)), self.gate(self.conv3(x3)),
+                self.gate(self.conv4(x4))]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a1, a2, a3, a4 = self.branches(image)
+        x = torch.cat([a1, upsample(a2, 2), upsample(a3, 8), upsample(a4, 32)], dim=1)
         return l2_normalize(x, dim=1), torch.sigmoid(self.score_head(x))
+
+    def forward_sparse(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The score map (B, 1, H, W) without the dense 128-channel feature map, and the branches for
+        `features_at`. The first layer of the score head (1x1, dim -> 8) is linear, like the bilinear
+        upsampling, so it is applied before upsampling: 3 x 8 channels are upsampled instead of
+        3 x dim/4 (equal up to float rounding)."""
+        a = self.branches(image)
+        w0 = self.score_head[0].weight  # (8, dim, 1, 1)
+        q = w0.shape[1] // 4
+        x = F.conv2d(a[0], w0[:, :q])
+        for k, factor in ((1, 2), (2, 8), (3, 32)):
+            x = x + upsample(F.conv2d(a[k], w0[:, k * q:(k + 1) * q]), factor)
+        return torch.sigmoid(self.score_head[1:](x)), a
+
+    @staticmethod
+    def features_at(branches: list[torch.Tensor], yx: torch.Tensor, size_hw: tuple[int, int],
+                    i: int = 0) -> torch.Tensor:
+        """The aggregated feature vectors (P, dim), not normalised, of image i at integer pixels yx
+        (P, 2) (row, column) of the network input of size (H, W); equal to the dense concatenation of
+        the branches (upsampled with align_corners=True) read at those pixels."""
+        a1, a2, a3, a4 = branches
+        h, w = size_hw
+        y, x = yx[:, 0], yx[:, 1]
+        grid = torch.stack([x / max(w - 1, 1) * 2 - 1, y / max(h - 1, 1) * 2 - 1], dim=-1).to(a1.dtype)
+        out = torch.empty(len(yx), 4 * a1.shape[1], dtype=a1.dtype, device=a1.device)
+        q = a1.shape[1]
+        out[:, :q] = a1[i].reshape(q, -1).index_select(1, y * w + x).t()
+        for k, ak in enumerate((a2, a3, a4), start=1):
+            out[:, k * q:(k + 1) * q] = F.grid_sample(ak[i:i + 1], grid.view(1, 1, -1, 2), mode="bilinear",
+                                                      align_corners=True)[0, :, 0].t()
+        return out
 
 
 def replicate_pad(image: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -292,11 +336,43 @@ class ALIKED(Extractor):
     def _extract(self, image: np.ndarray) -> Features:
         h, w = image.shape[:2]
         c = self.conf
-        scores_map, fmap = self.dense(image_to_tensor(image, self.device))
+        padded, (left, _, top, _) = replicate_pad(image_to_tensor(image, self.device), 32)
+        scores_map, branches = self.net.forward_sparse(padded)
+        scores_map = scores_map[..., top:top + h, left:left + w]
         kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS, RADIUS), c["top_k"], c["scores_th"],
                                         c["n_limit"], sub_pixel=True)
-        desc = self.net.desc_head(fmap, kpts)[0]
         kpts, scores = kpts[0], scores[0]
+        offset = torch.tensor([top, left], device=kpts.device)
+        size_hw = tuple(padded.shape[-2:])
+
+        dim = self.net.desc_head.sf_conv.weight.shape[0]
+
+        def read(yy, xx):  # normalised feature vectors (P, dim) at pixels (yy, xx), zero outside the image
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            flat = torch.where(inside, yy * w + xx, torch.zeros_like(yy))
+            uniq, inverse = torch.unique(flat, return_inverse=True)  # neighbouring samples share pixels
+            yx = torch.stack([torch.div(uniq, w, rounding_mode="trunc"), uniq % w], 1)
+            vec = l2_normalize(self.net.features_at(branches, yx + offset, size_hw), dim=1)
+            return vec[inverse] * inside[:, None]
+
+        def patches(points):  # (N, dim, k, k) around integer (x, y), zero outside the image
+            k = self.net.desc_head.kernel_size
+            d = torch.arange(k, device=points.device) - k // 2
+            yy = (points[:, 1, None, None] + d[None, :, None]).expand(-1, k, k).reshape(-1)
+            xx = (points[:, 0, None, None] + d[None, None, :]).expand(-1, k, k).reshape(-1)
+            return read(yy, xx).view(len(points), k, k, dim).permute(0, 3, 1, 2)
+
+        def sample(grid):  # bilinear samples (P, dim) of the normalised map, zero outside
+            ix = (grid[:, 0] + 1) / 2 * (w - 1)
+            iy = (grid[:, 1] + 1) / 2 * (h - 1)
+            x0f, y0f = torch.floor(ix), torch.floor(iy)
+            lx, ly = ix - x0f, iy - y0f
+            x0, y0 = x0f.long(), y0f.long()
+            vec = read(torch.cat([y0, y0, y0 + 1, y0 + 1]), torch.cat([x0, x0 + 1, x0, x0 + 1])).view(4, -1, dim)
+            wgt = torch.stack([(1 - lx) * (1 - ly), lx * (1 - ly), (1 - lx) * ly, lx * ly])[..., None]
+            return (vec * wgt).sum(0)
+
+        desc = self.net.desc_head.describe(patches, sample, kpts, (w, h))
         wh = torch.tensor([w - 1, h - 1], device=kpts.device)
         xy = wh * (kpts + 1) / 2
         if c["sort"]:
