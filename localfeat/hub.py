@@ -272,6 +272,35 @@ WEIGHTS: dict[str, WeightSpec] = {
         filename="xfeat_from_onnx.pt", urls=(),
         sha256="cbdf1b1715d450f25cf337a19ed2cccc4983c6be36ea93e3573e9d99f1a5b421",
         licence="Apache-2.0", non_commercial=False),
+    # --- Key.Net detector, patch descriptors and shape estimators (issue 10) ---
+    # Key.Net: axelBarroso/Key.Net-Pytorch model/weights/ at commit 74fe0a7 (MIT); sha256 of the official file.
+    "keynet": WeightSpec(
+        "keynet_pytorch.pth",
+        ("https://github.com/axelBarroso/Key.Net-Pytorch/raw/74fe0a75998445bb47b74b642b764543b25dc90a/model/weights/keynet_pytorch.pth",
+         "https://github.com/axelBarroso/Key.Net-Pytorch/raw/main/model/weights/keynet_pytorch.pth"),
+        "59d3a46d57b439513acf531877fdfaa95eb550ccd10ec462e23d7c1f7a86d52a", "MIT", False),
+    # TFeat: vbalnt/tfeat pretrained-models/ at commit 9434ffa (MIT); sha256 of the official file.
+    "tfeat_liberty": WeightSpec(
+        "tfeat-liberty.params",
+        ("https://github.com/vbalnt/tfeat/raw/9434ffaade966efee9ee89304f59b6c224d3b039/pretrained-models/tfeat-liberty.params",
+         "https://github.com/vbalnt/tfeat/raw/master/pretrained-models/tfeat-liberty.params"),
+        "1f2e9516b03c45876161da006ce8047e0a66ef08cc91d3fbf96a75f1a80f445a", "MIT", False),
+    # HardNet (DagnyT/hardnet, MIT), SOSNet (scape-research/SOSNet, formerly yuruntian/SOSNet; no licence file
+    # seen), AffNet / OriNet (ducha-aiki/affnet, MIT): the URLs kornia downloads from. No sha256 is published and
+    # the files were not available offline to hash, so None (downloads are not hash-checked).
+    "hardnet_liberty_aug": WeightSpec(
+        "checkpoint_liberty_with_aug.pth",
+        ("https://github.com/DagnyT/hardnet/raw/master/pretrained/train_liberty_with_aug/checkpoint_liberty_with_aug.pth",),
+        None, "MIT", False),
+    "sosnet_32x32_liberty": WeightSpec(
+        "sosnet-32x32-liberty.pth",
+        ("https://github.com/scape-research/SOSNet/raw/master/sosnet-weights/sosnet-32x32-liberty.pth",
+         "https://github.com/yuruntian/SOSNet/raw/master/sosnet-weights/sosnet-32x32-liberty.pth"),
+        None, "unknown (no licence file in the repository)", False),
+    "affnet": WeightSpec(
+        "AffNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/AffNet.pth",), None, "MIT", False),
+    "orinet": WeightSpec(
+        "OriNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/OriNet.pth",), None, "MIT", False),
     # --- end of weights table ---
 }
 
