@@ -44,14 +44,19 @@ def test_image(path: str | None, size=(640, 480)) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median (wall seconds, CPU seconds of this process summed over its threads) of `repeats` runs.
+
+    On a shared machine the wall time grows with the other processes' load; the CPU time much less.
+    """
     fn()  # warm-up (allocations, oneDNN kernels)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def build(name: str, tmp: Path):
@@ -101,12 +106,12 @@ def main() -> None:
             total = timed(lambda: ex.extract(image), args.repeats)
             net = timed(network_only(name, ex, image), args.repeats)
             rows.append((name, total, net, len(ex.extract(image))))
-    print(f"640x480 image, CPU, torch threads={torch.get_num_threads()}, median of {args.repeats} runs")
-    print(f"{'model':<22}{'s/image':>10}{'x SIFT':>9}{'network s':>11}{'net %':>7}{'keypoints':>11}")
-    for name, total, net, n in rows:
-        net_s = f"{net:11.3f}{100 * net / total:6.0f}%" if net is not None else f"{'-':>11}{'-':>7}"
-        print(f"{name:<22}{total:10.3f}{total / base:9.1f}{net_s}{n:11d}")
-
+    print(f"640x480 image, CPU, torch threads={torch.get_num_threads()}, median of {args.repeats} runs; "
+          "ratios use CPU seconds")
+    print(f"{'model':<22}{'wall s':>9}{'CPU s':>9}{'x SIFT':>9}{'net CPU s':>11}{'net %':>7}{'keypoints':>11}")
+    for name, (wall, cpu), net, n in rows:
+        net_s = f"{net[1]:11.3f}{100 * net[1] / cpu:6.0f}%" if net is not None else f"{'-':>11}{'-':>7}"
+        print(f"{name:<22}{wall:9.3f}{cpu:9.3f}{cpu / base[1]:9.1f}{net_s}{n:11d}")
 
 if __name__ == "__main__":
     main()
