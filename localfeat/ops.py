@@ -209,3 +209,19 @@ def window_max(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
     for d in range(1, kernel_size):
         out = torch.maximum(out, rows[..., d:d + h, :])
     return out
+
+
+def iterative_window_max_nms(scores: torch.Tensor, radius: int, iterations: int = 2) -> torch.Tensor:
+    """`iterative_max_pool_nms` (SuperGlue / ALIKE `simple_nms`) with the max filters done by `window_max`:
+    the same output bit for bit (tests/test_alike.py checks it), faster on CPU. scores (B, 1, H, W) or
+    (B, H, W); non-maxima set to 0.
+    """
+    k = 2 * radius + 1
+    zeros = torch.zeros_like(scores)
+    max_mask = scores == window_max(scores, k)
+    for _ in range(iterations):
+        supp_mask = window_max(max_mask.to(scores.dtype), k) > 0
+        supp_scores = torch.where(supp_mask, zeros, scores)
+        new_max_mask = supp_scores == window_max(supp_scores, k)
+        max_mask = max_mask | (new_max_mask & ~supp_mask)
+    return torch.where(max_mask, scores, zeros)
