@@ -158,3 +158,18 @@ def test_bad_config_values_are_named():
         load_extractor("disk", variant="outdoor")
     with pytest.raises(ConfigError, match="nms_window"):
         load_extractor("disk", nms_window=4)
+
+
+def test_argmax_pool_nms_keeps_one_pixel_per_plateau():
+    """Hand case: ties go to the first pixel of the window in raster order, as torch's max-pool reports."""
+    from localfeat.ops import argmax_pool_nms
+
+    scores = torch.tensor([[[1.0, 1.0, 0.0, 0.0],
+                            [0.0, 0.0, 0.0, 0.0],
+                            [0.0, 0.0, 2.0, 0.0]]])
+    expected = torch.zeros(1, 3, 4, dtype=torch.bool)
+    expected[0, 0, 0] = expected[0, 2, 2] = True
+    assert torch.equal(argmax_pool_nms(scores, 3), expected)
+    assert torch.equal(argmax_pool_nms(scores[:, None], 3), expected[:, None])
+    with pytest.raises(ValueError, match="odd"):
+        argmax_pool_nms(scores, 4)

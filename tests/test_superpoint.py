@@ -140,3 +140,13 @@ def test_missing_weights_error_says_what_and_where(tmp_path, monkeypatch):
 def test_bad_style_is_named():
     with pytest.raises(ConfigError, match="style"):
         load_extractor("superpoint", style="kornia")
+
+
+def test_greedy_box_nms_hand_case():
+    from localfeat.ops import greedy_box_nms
+
+    xy = np.array([[0, 0], [1, 1], [5, 5], [3, 3], [9, 0]])
+    scores = np.array([0.5, 0.9, 0.8, 0.7, 0.1])
+    # (1, 1) suppresses (0, 0) and (3, 3) (within +-2 px); (5, 5) and (9, 0) survive; best first
+    np.testing.assert_array_equal(greedy_box_nms(xy, scores, 2, (10, 10)), [1, 2, 4])
+    np.testing.assert_array_equal(greedy_box_nms(xy, scores, 0, (10, 10)), [1, 2, 3, 0, 4])
