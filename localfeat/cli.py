@@ -17,6 +17,7 @@ EXTENSIONS: list[str] = [
     "localfeat.eval.commands",
     "localfeat.sfm_commands",
     "localfeat.train.commands",
+    "localfeat.eval.invariance_commands",
 ]
 
 
