@@ -290,6 +290,8 @@ def make_loader(dataset, batch_size: int, start_step: int, total_steps: int, num
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                                        persistent_workers=False, drop_last=True,
                                        generator=torch.Generator().manual_seed(start_step),
+                                       # spawn: forked workers can hang in OpenCV/OpenMP after the parent used them
+                                       multiprocessing_context="spawn" if num_workers else None,
                                        worker_init_fn=_worker_init if num_workers else None)
 
 

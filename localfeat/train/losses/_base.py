@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ...registry import ConfigError, merge_conf
@@ -71,12 +72,19 @@ def flow_at_map(batch: dict, stride: int, map_hw: tuple[int, int]) -> tuple[torc
     if stride == 1 and flow.shape[1:3] == (h, w):
         f, v = flow, valid
     else:
+        # The flow at the centre of the map pixel: the mean of the (1, 2 or 4) input pixels nearest
+        # to it (exact for an affine flow); valid when they all are.
         c = (stride - 1) / 2
-        ys = (torch.arange(h, device=flow.device) * stride + round(c)).clamp(max=flow.shape[1] - 1)
-        xs = (torch.arange(w, device=flow.device) * stride + round(c)).clamp(max=flow.shape[2] - 1)
-        f = flow[:, ys][:, :, xs]
-        v = valid[:, ys][:, :, xs]
-        f = (f - c) / stride
+        f, v, n = 0, None, 0
+        for oy in sorted({int(np.floor(c)), int(np.ceil(c))}):
+            for ox in sorted({int(np.floor(c)), int(np.ceil(c))}):
+                ys = (torch.arange(h, device=flow.device) * stride + oy).clamp(max=flow.shape[1] - 1)
+                xs = (torch.arange(w, device=flow.device) * stride + ox).clamp(max=flow.shape[2] - 1)
+                f = f + flow[:, ys][:, :, xs]
+                vv = valid[:, ys][:, :, xs]
+                v = vv if v is None else v & vv
+                n += 1
+        f = (f / n - c) / stride
     v = v & torch.isfinite(f).all(-1)
     v = v & (f[..., 0] >= 0) & (f[..., 0] <= w - 1) & (f[..., 1] >= 0) & (f[..., 1] <= h - 1)
     f = torch.where(v[..., None], f, torch.full_like(f, float("nan")))

@@ -21,7 +21,7 @@ Similarities s(a, b) of two L2-normalised descriptors a, b (D,):
   - dice:          s = 2 p.q / (|p|^2 + |q|^2)
   - jaccard:       s = p.q / (|p|^2 + |q|^2 - p.q)          (Tanimoto)
   - czekanowski:   s = 2 sum_i min(p_i, q_i) / sum_i (p_i + q_i) = 1 - |p - q|_1 / 2
-  - squared_chord: s = 1 - sum_i (sqrt(p_i) - sqrt(q_i))^2 / 2, with sqrt(p_i + 1e-12) for a finite gradient.
+  - squared_chord: s = 1 - sum_i (sqrt(p_i) - sqrt(q_i))^2 / 2, with sqrt(p_i + 1e-16) for a finite gradient.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from ._sampling import SAMPLER_DEFAULTS, gather, sample_pixels
 
 SIMILARITIES = ("cosine", "dice", "jaccard", "czekanowski", "squared_chord")
 _EPS = 1e-12
+_SQRT_EPS = 1e-16
 
 
 def nonnegative(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ def pairwise_similarity(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Te
     if name == "czekanowski":
         return 1 - torch.cdist(p[None], q[None], p=1)[0] / 2
     if name == "squared_chord":
-        sp, sq = torch.sqrt(p + _EPS), torch.sqrt(q + _EPS)
+        sp, sq = torch.sqrt(p + _SQRT_EPS), torch.sqrt(q + _SQRT_EPS)
         d = (sp * sp).sum(-1)[:, None] + (sq * sq).sum(-1)[None] - 2 * sp @ sq.t()
         return 1 - d / 2
     dot = p @ q.t()
@@ -72,7 +73,7 @@ def rowwise_similarity(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     if name == "czekanowski":
         return 1 - (p - q).abs().sum(-1) / 2
     if name == "squared_chord":
-        return 1 - ((torch.sqrt(p + _EPS) - torch.sqrt(q + _EPS)) ** 2).sum(-1) / 2
+        return 1 - ((torch.sqrt(p + _SQRT_EPS) - torch.sqrt(q + _SQRT_EPS)) ** 2).sum(-1) / 2
     dot = (p * q).sum(-1)
     n2 = (p * p).sum(-1) + (q * q).sum(-1)
     if name == "dice":

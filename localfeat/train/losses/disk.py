@@ -49,10 +49,11 @@ def match_log_probs(desc0: torch.Tensor, desc1: torch.Tensor, theta: float) -> t
 
 
 def disk_pair_loss(lp0: torch.Tensor, lp1: torch.Tensor, match_logp: torch.Tensor, rewards: torch.Tensor,
-                   kp_penalty: float = -0.001) -> tuple[torch.Tensor, torch.Tensor]:
+                   kp_penalty: float = -0.001, probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE loss of one pair: lp0 (K0,), lp1 (K1,) keypoint log-probs, match_logp (K0, K1),
-    rewards (K0, K1). Returns (loss, expected reward incl. the keypoint cost)."""
-    p = match_logp.detach().exp()
+    rewards (K0, K1); probs (K0, K1) the match probabilities held constant (default exp(match_logp),
+    detached). Returns (loss, expected reward incl. the keypoint cost)."""
+    p = match_logp.detach().exp() if probs is None else probs
     plogp = p * (match_logp + lp0[:, None] + lp1[None, :])
     loss = -(rewards * plogp).sum() - kp_penalty * (lp0.sum() + lp1.sum())
     expected = (p * rewards).sum() + kp_penalty * (len(lp0) + len(lp1))

@@ -1,0 +1,174 @@
+"""The trainer: strict configs, presets, every loss family for a few steps, SIGKILL + exact resume,
+trained weights loaded by the registered extractor, validation MMA."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+import localfeat
+from localfeat.registry import ConfigError
+from localfeat.train import list_presets, resolve_config, resume, train
+from localfeat.train.adapters import get_adapter
+from localfeat.train.trainer import Trainer, TrainError, evaluate_mma
+
+TINY = {"steps": 2, "batch_size": 1, "checkpoint_every": 2, "log_every": 1, "data.crop_size": 32,
+        "data.base_size": 64, "data.num_workers": 0, "tensorboard": False}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_presets_are_listed_and_resolve():
+    presets = list_presets()
+    assert {"smoke", "fast_r2d2_cpu", "r2d2", "disk", "d2net", "alike_distinctiveness"} <= set(presets)
+    conf = resolve_config("smoke")
+    assert conf["model"]["name"] == "r2d2" and conf["model"]["arch"] == "Fast_Quad_L2Net_ConfCFS"
+    assert conf["data"]["crop_size"] == 64 and conf["steps"] == 12
+    assert resolve_config("fast_r2d2_cpu")["data"]["crop_size"] == 192
+    for name in presets:   # every shipped preset is a valid strict config
+        resolve_config(name)
+
+
+def test_config_is_strict():
+    with pytest.raises(ConfigError, match="unknown key"):
+        resolve_config("smoke", {"stepz": 3})
+    with pytest.raises(ConfigError, match=r"config\.data: unknown key"):
+        resolve_config("smoke", {"data.crop": 3})
+    with pytest.raises(ConfigError, match="mchannels"):
+        resolve_config("smoke", {"model.mchannels": 3})
+    with pytest.raises(ConfigError, match="unknown loss 'triplet'"):
+        resolve_config("smoke", {"losses": {"triplet": 1.0}})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        resolve_config("smoke", {"losses": {"ap": {"weight": 1, "bins": 3}}})
+    with pytest.raises(ConfigError, match="cannot be trained"):
+        resolve_config("smoke", {"model": "sift"})
+    with pytest.raises(ConfigError, match="neither a YAML file nor a preset"):
+        resolve_config("no_such_preset")
+
+
+def test_cli_list_and_unknown_key(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "localfeat.cli", "train", "--list"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and "smoke" in out.stdout and "fast_r2d2_cpu" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "localfeat.cli", "train", "--config", "smoke", "-o",
+                          str(tmp_path / "run"), "data.cropsize=32"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert bad.returncode == 2 and "cropsize" in bad.stderr and "valid keys" in bad.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+FAMILIES = [
+    ("r2d2", {"model": {"name": "r2d2", "mchan": 1}, "losses": {"ap": {"weight": 1.0, "similarity": "jaccard"}}}),
+    ("r2d2", {"model": {"name": "r2d2", "mchan": 1}, "losses": {"reliability": 1.0, "repeatability": {"N": 8}}}),
+    ("r2d2", {"model": {"name": "r2d2", "mchan": 1}, "losses": {"hardest_triplet": 1.0}}),
+    ("r2d2", {"model": {"name": "r2d2", "mchan": 1}, "losses": {"distinctiveness": {"N": 8}, "d2net": 0.5}}),
+    ("r2d2", {"model": {"name": "r2d2", "mchan": 1}, "losses": {"disk": 1.0}}),
+    ("alike", {"model": {"name": "alike", "variant": "alike-t"}, "losses": {"ap": 1.0, "repeatability": {"N": 8}}}),
+    ("disk", {"model": {"name": "disk"}, "losses": {"disk": {"cell": 4}}}),
+    ("d2net", {"model": {"name": "d2net"}, "losses": {"d2net": {"safe_radius": 1}}}),
+]
+
+
+@pytest.mark.parametrize("model,conf", FAMILIES, ids=[f"{m}-{'+'.join(c['losses'])}" for m, c in FAMILIES])
+def test_each_loss_family_trains_a_few_steps(tmp_path, model, conf):
+    overrides = dict(TINY)
+    if model in ("d2net", "alike"):
+        overrides["data.crop_size"] = 64   # D2-Net: stride 8, an 8 x 8 map; ALIKE: its BatchNorm at 1/32 needs 2 x 2
+    run = train({**conf, "seed": 1}, tmp_path / "run", overrides)
+    rows = _rows(run / "metrics.csv")
+    assert [r["step"] for r in rows] == ["0", "1"]
+    for r in rows:
+        assert np.isfinite(float(r["total"]))
+        # total = sum of weight x term totals
+        weights = {k: (v["weight"] if isinstance(v, dict) and "weight" in v else (1.0 if isinstance(v, dict) else v))
+                   for k, v in conf["losses"].items()}
+        assert float(r["total"]) == pytest.approx(sum(w * float(r[f"{k}/total"]) for k, w in weights.items()),
+                                                  rel=1e-5, abs=1e-6)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["name"] == model
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == 2
+    # the trained weights differ from the initial ones
+    adapter = get_adapter(model)
+    torch.manual_seed(1)
+    init = adapter.build(resolve_config({**conf}, overrides)["model"]).state_dict()
+    assert any(not torch.equal(init[k], ck["model"][k]) for k in init if init[k].dtype.is_floating_point)
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_curve(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    args = ["steps=5", "checkpoint_every=2", "data.crop_size=48", "tensorboard=false"]
+    cmd = [sys.executable, "-m", "localfeat.cli", "train", "--config", "smoke"]
+    full = subprocess.Popen(cmd + ["-o", str(tmp_path / "full")] + args + ["data.num_workers=0"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(cmd + ["-o", str(tmp_path / "killed")] + args, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    done = [r["step"] for r in _rows(tmp_path / "killed" / "metrics.csv")]
+    assert len(done) < 5
+    _, err = full.communicate(timeout=600)
+    assert full.returncode == 0, err
+    # resume in-process, with two loader workers (the uninterrupted run used none)
+    resume(tmp_path / "killed")
+    a = [(r["step"], r["total"]) for r in _rows(tmp_path / "full" / "metrics.csv")]
+    b = [(r["step"], r["total"]) for r in _rows(tmp_path / "killed" / "metrics.csv")]
+    assert [s for s, _ in a] == ["0", "1", "2", "3", "4"]
+    assert a == b   # exactly the same numbers, as text
+    with pytest.raises(TrainError, match="resume it"):
+        train("smoke", tmp_path / "killed")
+
+
+def test_trained_weights_load_in_the_extractor_and_validate(tmp_path):
+    from localfeat.datasets.synth import generate
+
+    run = train("smoke", tmp_path / "run", {**TINY, "model.mchan": 1})
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    extractor = localfeat.load_extractor("r2d2", weights=str(run / "weights.pt"), top_k=100, min_size=None, min_scale=0.7,
+                                         max_size=None, reliability_thr=0.0, repeatability_thr=0.0)
+    state = extractor.net.state_dict()
+    assert state.keys() == ck["model"].keys()
+    assert all(torch.equal(state[k], ck["model"][k]) for k in state)
+    img = (np.random.default_rng(0).uniform(size=(64, 80, 3)) * 255).astype(np.uint8)
+    feats = extractor.extract(img)
+    assert len(feats) == 100 and feats.descriptors.shape == (100, 128)
+    np.testing.assert_allclose(np.linalg.norm(feats.descriptors, axis=1), 1.0, atol=1e-5)
+    # validation MMA on a tiny synthetic HPatches set
+    root = tmp_path / "hp"
+    generate(root, n_sequences=2, seed=0, image_max_size=96)
+    trainer = Trainer(resolve_config("smoke", {"model.mchan": 1}), tmp_path / "val")
+    res = evaluate_mma(trainer.adapter, trainer.net, root, torch.device("cpu"), top_k=200)
+    assert 0.0 <= res["mma@1"] <= res["mma@3"] <= res["mma@5"] <= 1.0
+    assert res["features"] > 10 and res["matches"] > 0
+
+
+def test_freeze_named_parts(tmp_path):
+    conf = {"model": {"name": "r2d2", "mchan": 1}, "losses": {"ap": 1.0}, "freeze": ["ops.0", "ops.3"]}
+    run = train(conf, tmp_path / "run", TINY)
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    torch.manual_seed(0)
+    init = get_adapter("r2d2").build(resolve_config(conf, TINY)["model"]).state_dict()
+    assert torch.equal(ck["model"]["ops.0.weight"], init["ops.0.weight"])
+    assert not torch.equal(ck["model"]["ops.6.weight"], init["ops.6.weight"])
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        train({**conf, "freeze": ["trunk.conv9"]}, tmp_path / "bad", TINY)
