@@ -311,3 +311,17 @@ def test_download_helper_offline_says_where_to_put_the_archive(tmp_path):
 
     with pytest.raises(DatasetError, match=str(tmp_path / "hpatches-sequences-release.tar.gz")):
         download_hpatches(tmp_path, url="http://127.0.0.1:9/hpatches-sequences-release.tar.gz")
+
+
+def test_a_source_that_cannot_run_fails_before_any_work(synth_root, tmp_path, monkeypatch):
+    from localfeat.hub import WeightsNotFoundError
+
+    class NoWeights(runner.CallableSource):
+        def check(self):
+            raise WeightsNotFoundError("weights file 'x.pth' not found")
+
+    calls = _counting(monkeypatch)
+    broken = NoWeights("broken", lambda name: None, {})
+    with pytest.raises(WeightsNotFoundError, match="x.pth"):
+        runner.evaluate_hpatches(synth_root, [runner.ExtractorSource("sift"), broken], tmp_path / "out")
+    assert calls == {"pairs": 0, "images": 0}

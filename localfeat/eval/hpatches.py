@@ -93,6 +93,9 @@ class FeatureSource:
     def config_hash(self, dataset: HPatchesSequences) -> str:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise now if this source cannot produce features (e.g. missing weights)."""
+
     def prepare(self, dataset: HPatchesSequences, names: Sequence[str], work_dir: Path) -> None:
         """Make features of `names` available (extract what is missing)."""
 
@@ -130,6 +133,10 @@ class ExtractorSource(FeatureSource):
 
     def config_hash(self, dataset) -> str:
         return conf_hash(self.method, self._full_conf)
+
+    def check(self) -> None:
+        """Load the extractor (finds or downloads its weights; the error names the file and URL)."""
+        _ = self.extractor
 
     @property
     def extractor(self):
@@ -217,7 +224,12 @@ class NpzSource(FeatureSource):
         return {"features": str(self.folder), "ext": self.ext, "format": "npz"}
 
     def config_hash(self, dataset) -> str:
-        return _digest_files([self.path(n) for n in dataset.image_names()])
+        names = tuple(dataset.image_names())
+        stamp = tuple((self.path(n).stat().st_mtime_ns, self.path(n).stat().st_size) if self.path(n).exists()
+                      else None for n in names)
+        if getattr(self, "_hash_memo", (None,))[0] != (names, stamp):  # hash once per state of the files
+            self._hash_memo = ((names, stamp), _digest_files([self.path(n) for n in names]))
+        return self._hash_memo[1]
 
     def prepare(self, dataset, names, work_dir) -> None:
         missing = [str(self.path(n)) for n in names if not self.path(n).exists()]
@@ -392,6 +404,20 @@ def _write_cache(path: Path, identity: dict, pairs: dict) -> None:
     write_text_atomic(path, json.dumps({"identity": identity, "pairs": pairs}, indent=1, sort_keys=True))
 
 
+def cache_state(source: FeatureSource, dataset: HPatchesSequences, settings: EvalSettings, work_dir: Path,
+                fingerprint: str) -> tuple[dict, Path, dict, list]:
+    """(identity, cache file, cached per-pair results, pairs still to evaluate) of a source."""
+    eval_hash = hashlib.sha256(json.dumps(
+        {"source": source.config_hash(dataset), "settings": settings.to_dict()}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    identity = {"method": source.method, "label": source.label, "config": source.config(),
+                "config_hash": eval_hash, "dataset_fingerprint": fingerprint, "settings": settings.to_dict()}
+    identity = json.loads(json.dumps(identity, default=str))
+    path = cache_path(Path(work_dir) / "cache", source.method, eval_hash, fingerprint)
+    pairs = _load_cache(path, identity)
+    return identity, path, pairs, [p for p in dataset.pairs() if p.key not in pairs]
+
+
 def evaluate_source(source: FeatureSource, dataset: HPatchesSequences, settings: EvalSettings,
                     work_dir: Path, fingerprint: Optional[str] = None, workers: Optional[int] = None,
                     timing: Optional[dict] = None) -> dict:
@@ -403,16 +429,8 @@ def evaluate_source(source: FeatureSource, dataset: HPatchesSequences, settings:
     """
     work_dir = Path(work_dir)
     fingerprint = fingerprint or dataset.fingerprint()
-    eval_hash = hashlib.sha256(json.dumps(
-        {"source": source.config_hash(dataset), "settings": settings.to_dict()}, sort_keys=True).encode()
-    ).hexdigest()[:16]
-    identity = {"method": source.method, "label": source.label, "config": source.config(),
-                "config_hash": eval_hash, "dataset_fingerprint": fingerprint, "settings": settings.to_dict()}
-    identity = json.loads(json.dumps(identity, default=str))
-    path = cache_path(work_dir / "cache", source.method, eval_hash, fingerprint)
-    pairs = _load_cache(path, identity)
-    order = dataset.pairs()
-    todo = [p for p in order if p.key not in pairs]
+    identity, path, pairs, todo = cache_state(source, dataset, settings, work_dir, fingerprint)
+    eval_hash, order = identity["config_hash"], dataset.pairs()
     logger.info("%s: %d of %d pairs cached in %s", source.label, len(order) - len(todo), len(order), path)
     if todo:
         sequences = list(dict.fromkeys(p.sequence for p in todo))
@@ -466,10 +484,15 @@ def evaluate_hpatches(root, sources: Sequence[FeatureSource], out_dir, settings:
     dataset = HPatchesSequences(root, exclude=exclude)
     fingerprint = dataset.fingerprint()
     work_dir = Path(cache_dir) if cache_dir is not None else out_dir
+    labels = [s.label for s in sources]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two methods have the same label in {labels}; give them distinct labels")
+    # Fail before hours of work, not after: every source with work to do must be able to run.
+    for source in sources:
+        if cache_state(source, dataset, settings, work_dir, fingerprint)[3]:
+            source.check()
     methods = {}
     for source in sources:
-        if source.label in methods:
-            raise ValueError(f"two methods are labelled {source.label!r}; give them distinct labels")
         methods[source.label] = evaluate_source(source, dataset, settings, work_dir, fingerprint, workers)
     refs = {}
     for item in compare_published:
