@@ -113,7 +113,7 @@ def main() -> int:
             recorded.update({k: v["median_s"] for k, v in json.load(f)["results"].items()})
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 640x480, median of {args.runs}")
-    rows, rows_path = [], []
+    rows, rows_path, rows_dense = [], [], []
     for name in args.models:
         family = "aliked" if name.startswith("aliked") else "alike"
         model = localfeat.load_extractor(family, variant=name, device="cpu")
@@ -144,6 +144,16 @@ def main() -> int:
             orig_post = timed(lambda: original_dkd(s_dense, F.normalize(d_dense, dim=1)), args.runs)
             post = timed(lambda: our_post(ctx, s_sparse), args.runs)
             rows_path.append((name, orig, ours, orig_post, post))
+        else:
+            from localfeat.extractors._dkd import detect_keypoints
+
+            @torch.inference_mode()
+            def dense_path():  # the original's structure: dense feature map, DKD, SDDH on the dense map
+                s, fmap = model.dense(image_to_tensor(img))
+                kp, _ = detect_keypoints(s, 2, (2, 2), None, 0.2, 5000, True)
+                return model.net.desc_head(fmap, kp)
+
+            rows_dense.append((name, timed(dense_path, args.runs), ours))
 
     print("\n1. against the original's recorded times (quiet machine)")
     print(f"{'model':<14}{'kpts':>6}{'ours wall s':>13}{'ours cpu s':>12}{'other cores':>13}"
@@ -164,6 +174,13 @@ def main() -> int:
                 return f"{a['wall'] / b['wall']:.2f}x/{a['cpu'] / b['cpu']:.2f}x"
             print(f"{name:<10}{pair(orig):>15}{pair(ours):>15}{ratio(orig, ours):>16}{pair(orig_post):>15}"
                   f"{pair(post):>15}{ratio(orig_post, post):>16}")
+    if rows_dense:
+        print("\n3. ALIKED against its dense computation path (the original's structure, with our deformable"
+              " convolution), same run (s; wall-clock / process CPU)")
+        print(f"{'model':<14}{'dense path':>15}{'ours':>15}{'speed-up':>16}")
+        for name, dense, ours in rows_dense:
+            print(f"{name:<14}{dense['wall']:>9.3f}/{dense['cpu']:.3f}{ours['wall']:>9.3f}/{ours['cpu']:.3f}"
+                  f"{dense['wall'] / ours['wall']:>9.2f}x/{dense['cpu'] / ours['cpu']:.2f}x")
     return 0
 
 

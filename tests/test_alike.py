@@ -17,6 +17,7 @@ from localfeat.extractors._dkd import detect_keypoints, window_patches
 from localfeat.extractors.alike import ALIKE_CONFIGS, pad_to_multiple
 from localfeat.hub import WeightsNotFoundError, find_weights, weight_spec
 from localfeat.io.h5 import FeatureStore
+from localfeat.ops import iterative_max_pool_nms, iterative_window_max_nms
 from localfeat.registry import ConfigError, load_extractor
 
 ALIKE_REF = REFERENCE / "alike"
@@ -98,6 +99,15 @@ def soft_argmax_reference(smap: np.ndarray, x: int, y: int, r: int = 2, t: float
     wgt = np.exp((win - win.max()) / t)
     dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
     return np.array([x + (wgt * dx).sum() / wgt.sum(), y + (wgt * dy).sum() / wgt.sum()])
+
+
+def test_window_max_nms_equals_max_pool_nms():
+    g = torch.Generator().manual_seed(1)
+    smooth = torch.sigmoid(torch.nn.functional.avg_pool2d(torch.randn(1, 1, 70, 90, generator=g) * 8, 5, 1))
+    ties = (torch.rand(2, 1, 40, 50, generator=g) * 4).round() / 4  # plateaus everywhere
+    for scores in (smooth, ties):
+        for radius in (1, 2, 4):
+            assert torch.equal(iterative_window_max_nms(scores, radius), iterative_max_pool_nms(scores, radius))
 
 
 def test_dkd_on_a_hand_built_score_map():
