@@ -21,9 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from localfeat import load_extractor
-from localfeat.extractors.d2net import D2NetModel, preprocess
+from localfeat.extractors.d2net import MULTISCALE, D2NetModel, preprocess
 from localfeat.ops import image_to_tensor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,9 @@ def network_only(name: str, ex, image: np.ndarray):
     if name.startswith("superpoint"):
         return lambda: ex.net(image_to_tensor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)))
     x = torch.from_numpy(preprocess(image))[None]
-    return lambda: ex.net(x)
+    scales = MULTISCALE if ex.conf["multiscale"] else (1.0,)
+    levels = [F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=True) for s in scales]
+    return lambda: [ex.net(level) for level in levels]
 
 
 def main() -> None:
