@@ -70,12 +70,15 @@ def _summary_text(summary: dict) -> str:
 def cmd_sfm(args) -> int:
     from .sfm import reconstruct
 
+    from .registry import parse_conf_items
+
     conf, matcher_conf = _confs(args)
     pairs = " ".join(args.pairs)
+    mapper_options = parse_conf_items(args.mapper)
     summary = reconstruct(args.images, args.output, model=args.model, conf=conf, matcher=args.matcher,
                           matcher_conf=matcher_conf, pairs=pairs, camera_model=args.camera_model,
                           camera_per_folder=args.camera_per_folder, default_focal_factor=args.default_focal_factor,
-                          seed=args.seed, verbose=args.verbose_colmap)
+                          seed=args.seed, mapper_options=mapper_options, verbose=args.verbose_colmap)
     print(f"sfm -> {args.output} ({summary['num_reconstructions']} reconstruction(s); the largest is in "
           f"{args.output}/sparse and {args.output}/sparse_text)")
     print(_summary_text(summary))
@@ -176,6 +179,8 @@ def register(subparsers, add_command, groups) -> None:
     p.add_argument("--default-focal-factor", type=float, default=1.2,
                    help="focal = factor * max(W, H) without EXIF")
     p.add_argument("--seed", type=int, default=0, help="random seed of COLMAP's RANSAC and mapper")
+    p.add_argument("--mapper", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="pycolmap IncrementalPipelineOptions, e.g. --mapper mapper.abs_pose_min_num_inliers=15")
     p.add_argument("--verbose-colmap", action="store_true", help="show COLMAP's own log lines")
 
     p = add_command(groups["eval"], "pose", "relative pose AUC@5/10/20 on pairs with ground-truth K and T_0to1",

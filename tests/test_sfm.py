@@ -40,6 +40,7 @@ def test_sfm_sacre_coeur_sift(tmp_path_factory):
     ours = FeatureStore(out / "features.h5", mode="r").get(image.name).keypoints
     np.testing.assert_array_equal(kpts[:, :2], ours + np.float32(0.5))
     assert (out / "pairs.txt").read_text().count("\n") == 45
+    assert summary["mapper_options"]["mapper.abs_pose_min_num_inliers"] == 15
 
 
 def test_resolve_pairs(tmp_path):
@@ -56,3 +57,13 @@ def test_resolve_pairs(tmp_path):
     (tmp_path / "q.txt").write_text("a.jpg z.jpg\n")
     with pytest.raises(ValueError, match="z.jpg"):
         resolve_pairs(str(tmp_path / "q.txt"), names)
+
+
+def test_unknown_mapper_option_fails_before_any_work(tmp_path):
+    from conftest import shared
+    from localfeat.sfm import DEFAULT_MAPPER_OPTIONS, reconstruct
+
+    with pytest.raises(ValueError, match="mapper option 'mapper.nope' does not exist; valid here: .*abs_pose"):
+        reconstruct(shared("sfm_sacre_coeur_hloc", "mapping"), tmp_path / "out", mapper_options={"mapper.nope": 1})
+    assert not (tmp_path / "out").exists()
+    assert DEFAULT_MAPPER_OPTIONS == {"mapper.abs_pose_min_num_inliers": 15, "mapper.abs_pose_min_inlier_ratio": 0.1}
