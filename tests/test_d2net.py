@@ -12,8 +12,8 @@ import torch
 from conftest import shared
 
 from localfeat import hub
-from localfeat.extractors.d2net import (D2Net, D2NetModel, fit_size, hard_detection, preprocess,
-                                        process_multiscale, soft_detection_scores)
+from localfeat.extractors.d2net import (D2Net, D2NetModel, fit_size, hard_detection, localization_steps,
+                                        preprocess, process_multiscale, soft_detection_scores)
 from localfeat.registry import ConfigError, get_class, load_extractor
 
 
@@ -179,3 +179,25 @@ def test_registered_and_bad_config_named():
         load_extractor("d2net", variant="d2_ots")
     with pytest.raises(ConfigError, match="preprocessing"):
         load_extractor("d2net", preprocessing="tf")
+
+
+def test_pointwise_newton_steps_equal_the_release_filters():
+    """Our per-point finite differences vs the release's 3x3 conv filters (zero padding) on a random map."""
+    f = torch.rand(1, 4, 7, 9, generator=torch.Generator().manual_seed(0)) * 10
+    filters = {"dii": [[0, 1., 0], [0, -2., 0], [0, 1., 0]], "djj": [[0, 0, 0], [1., -2., 1.], [0, 0, 0]],
+               "dij": [[.25, 0, -.25], [0, 0, 0], [-.25, 0, .25]], "di": [[0, -.5, 0], [0, 0, 0], [0, .5, 0]],
+               "dj": [[0, 0, 0], [-.5, 0, .5], [0, 0, 0]]}
+    g = {k: torch.nn.functional.conv2d(f.view(-1, 1, 7, 9), torch.tensor(v).view(1, 1, 3, 3), padding=1).view(1, 4, 7, 9)
+         for k, v in filters.items()}
+    det = g["dii"] * g["djj"] - g["dij"] ** 2
+    step_i = -(g["djj"] / det * g["di"] - g["dij"] / det * g["dj"])
+    step_j = -(-g["dij"] / det * g["di"] + g["dii"] / det * g["dj"])
+    index = tuple(t.flatten() for t in torch.meshgrid(torch.zeros(1, dtype=torch.long), torch.arange(4),
+                                                      torch.arange(7), torch.arange(9), indexing="ij"))
+    steps = localization_steps(f, index)
+    np.testing.assert_allclose(steps[0].numpy(), step_i.flatten().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(steps[1].numpy(), step_j.flatten().numpy(), rtol=1e-4, atol=1e-5)
+    tr = g["dii"] + g["djj"]
+    expected = ((f == f.max(1, keepdim=True).values) & (f == torch.nn.functional.max_pool2d(f, 3, 1, 1))
+                & (tr * tr / det <= 7.2) & (det > 0))
+    assert expected.any() and torch.equal(hard_detection(f), expected)

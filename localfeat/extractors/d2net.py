@@ -87,44 +87,55 @@ class D2NetModel(nn.Module):
         return self.dense_feature_extraction(x)
 
 
-def _filter3(features: torch.Tensor, kernel: Sequence[Sequence[float]]) -> torch.Tensor:
-    """Each channel of (B, C, h, w) convolved with a 3x3 kernel, zero padding.
+def _derivatives_at(features: torch.Tensor, index: tuple) -> dict:
+    """Finite differences of features (B, C, h, w) at the points index = (b, c, i, j) (each (N,)).
 
-    A depthwise conv: the same values as the release's per-channel conv on a (B*C, 1, h, w) view
-    (bit-identical on the fixture), about 5x faster on CPU.
+    The release's 3x3 filters with zero padding, evaluated only where needed (the full-map convolutions
+    over 512 channels cost more than the rest of the post-processing):
+    dii = f[i-1] - 2f + f[i+1], djj likewise in j, dij = (f[i-1,j-1] - f[i-1,j+1] - f[i+1,j-1] + f[i+1,j+1]) / 4,
+    di = (f[i+1] - f[i-1]) / 2, dj = (f[j+1] - f[j-1]) / 2.
     """
-    c = features.shape[1]
-    k = features.new_tensor(kernel).view(1, 1, 3, 3).expand(c, 1, 3, 3).contiguous()
-    return F.conv2d(features, k, padding=1, groups=c)
+    b, c, i, j = index
+    h, w = features.shape[-2:]
+    zero = features.new_zeros(())
 
+    def at(di: int, dj: int) -> torch.Tensor:
+        ii, jj = i + di, j + dj
+        inside = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
+        return torch.where(inside, features[b, c, ii.clamp(0, h - 1), jj.clamp(0, w - 1)], zero)
 
-_DII = [[0, 1.0, 0], [0, -2.0, 0], [0, 1.0, 0]]
-_DJJ = [[0, 0, 0], [1.0, -2.0, 1.0], [0, 0, 0]]
-_DIJ = [[0.25, 0, -0.25], [0, 0, 0], [-0.25, 0, 0.25]]
-_DI = [[0, -0.5, 0], [0, 0, 0], [0, 0.5, 0]]
-_DJ = [[0, 0, 0], [-0.5, 0, 0.5], [0, 0, 0]]
+    centre, up, down, left, right = at(0, 0), at(-1, 0), at(1, 0), at(0, -1), at(0, 1)
+    return {
+        "dii": up - 2 * centre + down,
+        "djj": left - 2 * centre + right,
+        "dij": 0.25 * (at(-1, -1) - at(-1, 1) - at(1, -1) + at(1, 1)),
+        "di": 0.5 * (down - up),
+        "dj": 0.5 * (right - left),
+    }
 
 
 def hard_detection(features: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
     """Boolean (B, C, h, w): channel-wise max, 3x3 spatial max and not on an edge (see module docstring)."""
-    is_depth_max = features == features.max(dim=1, keepdim=True).values
-    is_local_max = features == F.max_pool2d(features, 3, stride=1, padding=1)
-    dii, dij, djj = _filter3(features, _DII), _filter3(features, _DIJ), _filter3(features, _DJJ)
-    det = dii * djj - dij * dij
-    tr = dii + djj
+    candidates = (features == features.max(dim=1, keepdim=True).values)
+    candidates &= features == F.max_pool2d(features, 3, stride=1, padding=1)
+    index = candidates.nonzero(as_tuple=True)
+    d = _derivatives_at(features, index)
+    det = d["dii"] * d["djj"] - d["dij"] * d["dij"]
+    tr = d["dii"] + d["djj"]
     not_edge = (tr * tr / det <= (edge_threshold + 1) ** 2 / edge_threshold) & (det > 0)
-    return is_depth_max & is_local_max & not_edge
+    detected = torch.zeros_like(candidates)
+    detected[tuple(t[not_edge] for t in index)] = True
+    return detected
 
 
-def localization_steps(features: torch.Tensor) -> torch.Tensor:
-    """Newton step -H^-1 grad per channel and pixel: (B, 2, C, h, w) with (step_i, step_j)."""
-    dii, dij, djj = _filter3(features, _DII), _filter3(features, _DIJ), _filter3(features, _DJJ)
-    det = dii * djj - dij * dij
-    inv00, inv01, inv11 = djj / det, -dij / det, dii / det
-    di, dj = _filter3(features, _DI), _filter3(features, _DJ)
-    step_i = -(inv00 * di + inv01 * dj)
-    step_j = -(inv01 * di + inv11 * dj)
-    return torch.stack([step_i, step_j], dim=1)
+def localization_steps(features: torch.Tensor, index: tuple) -> torch.Tensor:
+    """Newton step -H^-1 grad at the points index = (b, c, i, j) of features (B, C, h, w): (2, N) (step_i, step_j)."""
+    d = _derivatives_at(features, index)
+    det = d["dii"] * d["djj"] - d["dij"] * d["dij"]
+    inv00, inv01, inv11 = d["djj"] / det, -d["dij"] / det, d["dii"] / det
+    step_i = -(inv00 * d["di"] + inv01 * d["dj"])
+    step_j = -(inv01 * d["di"] + inv11 * d["dj"])
+    return torch.stack([step_i, step_j])
 
 
 def soft_detection_scores(features: torch.Tensor, soft_local_max_size: int = 3) -> torch.Tensor:
@@ -187,9 +198,7 @@ def process_multiscale(image: torch.Tensor, trunk: D2Trunk, scales: Sequence[flo
         else:
             banned = detections.any(dim=1, keepdim=True)
         pos = detections[0].nonzero().t()  # (3, n): channel, i, j
-        steps = localization_steps(dense)[0]
-        step_i = steps[0, pos[0], pos[1], pos[2]]
-        step_j = steps[1, pos[0], pos[1], pos[2]]
+        step_i, step_j = localization_steps(dense, (torch.zeros_like(pos[0]), pos[0], pos[1], pos[2]))
         ok = (step_i.abs() < 0.5) & (step_j.abs() < 0.5)
         pos = pos[:, ok]
         fmap_kp = pos[1:].float() + torch.stack([step_i[ok], step_j[ok]])
