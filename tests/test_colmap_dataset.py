@@ -140,3 +140,21 @@ def test_dense_depth_maps_are_used(tmp_path_factory, tmp_path):
     assert data.scenes["dense"]["depth_source"] == "dense" and not data.scenes["dense"]["undistorted"]
     for k, entry in enumerate(data.scenes["dense"]["images"]):
         np.testing.assert_array_equal(data.view("dense", k)["depth"], maps[entry["name"]])
+
+
+def test_trainer_reprojection_agrees(tmp_path_factory):
+    """The training pairs (train.pairs.reproject / PosedPairs) read the same geometry from the dataset."""
+    from localfeat.train.pairs import reproject
+
+    data = ColmapScenes(sacre_coeur_dataset(tmp_path_factory))
+    s0, s1, v0, v1, i0, i1 = _common(data, 0)
+    flow, valid = reproject(v0["depth"], v0["K"], v0["T"], v1["K"], v1["T"], size1=v1["size"])
+    ij = np.rint(s0["points"][i0]).astype(np.int64)
+    inside = valid[ij[:, 1], ij[:, 0]]
+    assert inside.mean() > 0.9
+    err = np.linalg.norm(flow[ij[inside, 1], ij[inside, 0]] - s1["points"][i1][inside], axis=1)
+    assert np.median(err) < 1.0
+    posed = data.posed_pairs(crop_size=128, seed=0)
+    sample = posed.sample(0)
+    assert len(posed) == len(data) and tuple(sample["flow"].shape) == (128, 128, 2)
+    assert int(sample["valid"].sum()) >= 1  # the crop centre has (sparse) depth

@@ -374,8 +374,11 @@ class ColmapScenes:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def view(self, scene: str, index_or_name) -> dict:
-        """One image of a scene: {"name", "image" (if loaded), "K", "T", "depth" (if loaded), "size"}."""
+    def view(self, scene: str, index_or_name, load_images: Optional[bool] = None,
+             load_depth: Optional[bool] = None) -> dict:
+        """One image of a scene: {"name", "image" (if loaded), "K", "T", "depth" (if loaded), "size"}.
+
+        load_images / load_depth: None = the dataset's setting."""
         images = self.scenes[scene]["images"]
         if isinstance(index_or_name, str):
             matches = [k for k, e in enumerate(images) if e["name"] == index_or_name]
@@ -385,11 +388,11 @@ class ColmapScenes:
         entry = images[index_or_name]
         out = {"name": entry["name"], "K": np.asarray(entry["K"], np.float64),
                "T": np.asarray(entry["T_cam_from_world"], np.float64), "size": tuple(entry["size"])}
-        if self.load_images:
+        if self.load_images if load_images is None else load_images:
             from ..io.images import read_image
 
             out["image"] = read_image(self.root / entry["image"], "rgb")
-        if self.load_depth:
+        if self.load_depth if load_depth is None else load_depth:
             out["depth"] = self.sparse(scene, index_or_name)["depth"]
         return out
 
@@ -399,6 +402,27 @@ class ColmapScenes:
         entry = self.scenes[scene]["images"][index]
         with np.load(self.root / entry["depth"], allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+
+    def posed_pairs(self, **kwargs):
+        """The pairs as a `localfeat.train.pairs.PosedPairs` (random crops with depth-reprojected flow).
+
+        Views are numbered over all scenes in order; `kwargs` go to PosedPairs (crop_size, seed, ...).
+        """
+        from ..train.pairs import PosedPairs, PosedView
+
+        flat = [(scene, k) for scene, data in self.scenes.items() for k in range(len(data["images"]))]
+        offset, start = {}, 0
+        for scene, data in self.scenes.items():
+            offset[scene] = start
+            start += len(data["images"])
+
+        def view(i: int) -> PosedView:
+            scene, k = flat[i]
+            v = self.view(scene, k, load_images=True, load_depth=True)
+            return PosedView(image=v["image"], K=v["K"], T_cw=v["T"], depth=v["depth"])
+
+        pairs = [(offset[scene] + i, offset[scene] + j) for scene, i, j, _, _ in self.pairs]
+        return PosedPairs(view, pairs, **kwargs)
 
     def __getitem__(self, i: int) -> dict:
         scene, a, b, shared, overlap = self.pairs[i]
