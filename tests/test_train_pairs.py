@@ -112,3 +112,55 @@ def test_posed_pairs_sample():
     np.testing.assert_allclose(got, im0[ys, xs], atol=1e-6)
     with pytest.raises(PairsError, match="smaller than crop_size"):
         PosedPairs(views, [(0, 1)], crop_size=128)[0]
+
+
+def _write_scenes_dataset(root, size=96):
+    """A two-view plane scene written in the format of `localfeat.datasets.colmap_scenes` (by hand)."""
+    import json
+
+    K, T0, T1, depth = _plane_scene(size=size)
+    rng = np.random.default_rng(0)
+    img = (rng.uniform(size=(size, size, 3)) * 255).astype(np.uint8)
+    img1 = np.zeros_like(img)
+    img1[:, :-5] = img[:, 5:]
+    scene = root / "scenes" / "plane"
+    (scene / "images").mkdir(parents=True)
+    (scene / "depth").mkdir()
+    images = []
+    for name, im, T in (("a.png", img, T0), ("b.png", img1, T1)):
+        cv2.imwrite(str(scene / "images" / name), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+        np.savez(scene / "depth" / f"{name}.npz", depth=depth.astype(np.float32), points=np.zeros((0, 2)),
+                 points_depth=np.zeros(0), point3D_ids=np.zeros(0, np.int64), observations=np.zeros((0, 2)))
+        images.append({"name": name, "image": f"scenes/plane/images/{name}", "depth": f"scenes/plane/depth/{name}.npz",
+                       "size": [size, size], "K": K.tolist(), "T_cam_from_world": T.tolist()})
+    (scene / "scene.json").write_text(json.dumps({"images": images, "pairs": [[0, 1, 100, 0.9]],
+                                                  "depth_source": "dense"}))
+    (root / "index.json").write_text(json.dumps({"format": "localfeat-colmap-scenes", "version": 1, "scenes": [
+        {"name": "plane", "path": "scenes/plane/scene.json", "num_images": 2, "num_pairs": 1}]}))
+    return img, img1
+
+
+def test_colmap_scenes_dataset_gives_posed_pairs(tmp_path):
+    from localfeat.datasets.colmap_scenes import ColmapScenes
+
+    _write_scenes_dataset(tmp_path / "ds")
+    ds = ColmapScenes(tmp_path / "ds").posed_pairs(crop_size=48, seed=0)
+    s = ds[0]
+    f, v = s["flow"].numpy(), s["valid"].numpy()
+    im0, im1 = s["image0"].permute(1, 2, 0).numpy(), s["image1"].permute(1, 2, 0).numpy()
+    ys, xs = np.nonzero(v)
+    assert len(ys) > 100
+    got = im1[np.round(f[ys, xs, 1]).astype(int), np.round(f[ys, xs, 0]).astype(int)]
+    np.testing.assert_allclose(got, im0[ys, xs], atol=1e-6)
+
+
+def test_trainer_on_colmap_scenes(tmp_path):
+    from localfeat.train import train
+
+    _write_scenes_dataset(tmp_path / "ds")
+    run = train({"model": {"name": "r2d2", "mchan": 1}, "losses": {"ap": 1.0},
+                 "data": {"source": "colmap_scenes", "scenes": str(tmp_path / "ds"), "crop_size": 48,
+                          "num_workers": 2}},
+                tmp_path / "run", {"steps": 2, "batch_size": 1, "checkpoint_every": 2, "tensorboard": False})
+    text = (run / "metrics.csv").read_text().splitlines()
+    assert text[0].startswith("step,total") and len(text) == 3

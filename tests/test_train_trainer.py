@@ -111,7 +111,7 @@ def test_each_loss_family_trains_a_few_steps(tmp_path, model, conf):
 
 def test_sigkill_and_resume_gives_the_uninterrupted_curve(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    args = ["steps=5", "checkpoint_every=2", "data.crop_size=48", "tensorboard=false"]
+    args = ["steps=5", "checkpoint_every=2", "data.crop_size=32", "tensorboard=false"]
     cmd = [sys.executable, "-m", "localfeat.cli", "train", "--config", "smoke"]
     full = subprocess.Popen(cmd + ["-o", str(tmp_path / "full")] + args + ["data.num_workers=0"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -285,6 +285,14 @@ def make_loader(dataset, batch_size: int, start_step: int, total_steps: int, num
     """A DataLoader yielding the batches of steps start_step .. total_steps - 1 (batch b holds samples
     b * batch_size .. (b + 1) * batch_size - 1 of the infinite deterministic stream)."""
     sampler = IndexRange(start_step * batch_size, total_steps * batch_size)
+    if num_workers:
+        import pickle
+
+        try:  # spawned workers receive the dataset pickled
+            pickle.dumps(dataset)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            logger.warning("the dataset cannot be sent to loader workers (%s): loading in the main process", exc)
+            num_workers = 0
     # An own generator: creating the loader's iterator draws worker seeds from it, never from the
     # global torch generator, whose state belongs to the checkpointed training run.
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

@@ -13,6 +13,9 @@ RUN_DIR holds:
   weights.pt            the trained network in the format its extractor loads:
                         ``localfeat.load_extractor(name, weights="RUN_DIR/weights.pt")``;
   curve.png             the loss (and validation) curve.
+`time_limit_minutes` (None = no limit) stops a run cleanly (validation, checkpoint, curve) once the
+time is spent; `steps` is then an upper bound (the time a step takes is not reproducible, so a
+time-limited run is only resumable, not repeatable to the step).
 Resume is exact: the data stream is a pure function of (seed, sample index), so the loader restarts
 at sample step x batch_size, and every random state is restored; the loss curve after a resume is
 the one of an uninterrupted run (on the same device and thread count).
@@ -49,6 +52,8 @@ DEFAULT_CONFIG = {
     "data": {
         "source": "homography",
         "images": None,
+        "scenes": None,
+        "occlusion_tolerance": 0.05,
         "crop_size": 192,
         "base_size": 384,
         "scale_range": [0.6, 1.2],
@@ -66,6 +71,7 @@ DEFAULT_CONFIG = {
     "log_every": 10,
     "validation": {"every": 0, "root": None, "synth_sequences": 6, "synth_size": 320, "synth_seed": 1,
                    "top_k": 1000, "nms": 3},
+    "time_limit_minutes": None,
     "device": None,
     "amp": True,
     "threads": None,
@@ -157,9 +163,11 @@ def resolve_config(source: str | os.PathLike | dict, overrides: Optional[dict] =
         v = conf[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"config.{key} must be a positive integer, got {v!r}")
-    if conf["data"]["source"] != "homography":
-        raise ConfigError(f"config.data.source {conf['data']['source']!r}: the CLI trains on 'homography' pairs; "
-                          "posed scenes are used through the Python API (Trainer(dataset=PosedPairs(...)))")
+    if conf["data"]["source"] not in ("homography", "colmap_scenes"):
+        raise ConfigError(f"config.data.source {conf['data']['source']!r} is not 'homography' (data.images: a folder "
+                          "of photos) or 'colmap_scenes' (data.scenes: a dataset of `localfeat dataset from-colmap`)")
+    if conf["data"]["source"] == "colmap_scenes" and not conf["data"]["scenes"]:
+        raise ConfigError("config.data.source is 'colmap_scenes': set data.scenes to the dataset folder")
     return conf
 
 
@@ -354,6 +362,11 @@ class Trainer:
         if conf["threads"]:
             torch.set_num_threads(int(conf["threads"]))
         d = conf["data"]
+        if dataset is None and d["source"] == "colmap_scenes":
+            from ..datasets.colmap_scenes import ColmapScenes
+
+            dataset = ColmapScenes(d["scenes"]).posed_pairs(crop_size=int(d["crop_size"]), seed=int(conf["seed"]),
+                                                            occlusion_tolerance=float(d["occlusion_tolerance"]))
         self.dataset = dataset if dataset is not None else HomographyPairs(
             d["images"], HomographyConf(crop_size=int(d["crop_size"]), base_size=int(d["base_size"]),
                                         scale_range=tuple(d["scale_range"]), rotation_deg=float(d["rotation_deg"]),
@@ -444,7 +457,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {k: float(v) for k, v in terms.items()}
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
 
     def run(self) -> Path:
         from tqdm import tqdm
@@ -456,6 +469,8 @@ class Trainer:
             self.validate()
         loader = make_loader(self.dataset, int(c["batch_size"]), self.step, total, int(c["data"]["num_workers"]))
         t_start, s_start = time.perf_counter(), self.step
+        limit = None if c["time_limit_minutes"] is None else 60.0 * float(c["time_limit_minutes"])
+        out_of_time = False
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=None)
         try:
             for batch in loader:
@@ -479,11 +494,18 @@ class Trainer:
                 # Validation first: a run killed between the two redoes both from the previous checkpoint.
                 if c["validation"]["every"] and (self.step % c["validation"]["every"] == 0 or self.step == total):
                     self.validate()
-                if self.step % c["checkpoint_every"] == 0 or self.step == total:
+                out_of_time = limit is not None and time.perf_counter() - t_start > limit
+                if out_of_time and not (c["validation"]["every"] and self.step % c["validation"]["every"] == 0):
+                    self.validate()
+                if self.step % c["checkpoint_every"] == 0 or self.step == total or out_of_time:
                     self.save_checkpoint()
+                if out_of_time:
+                    logger.info("time limit of %s min reached at step %d: stopping (resume to continue)",
+                                c["time_limit_minutes"], self.step)
+                    break
         finally:
             bar.close()
-        if self.step >= total:
+        if self.step >= total or out_of_time:
             try:
                 plot_curves(self.run_dir)
             except Exception as exc:  # a plotting problem must not lose a finished run

@@ -90,16 +90,16 @@ def quantized_ap(scores: torch.Tensor, labels: torch.Tensor, nq: int = 20, smin:
     if nq < 2:
         raise ConfigError(f"nq (number of AP bins) must be >= 2, got {nq}")
     delta = (smax - smin) / (nq - 1)
-    centres = smax - delta * torch.arange(nq, dtype=scores.dtype, device=scores.device)
-    x = scores[:, None, :]                                       # N x 1 x M
-    q = 1 - (x - centres[None, :, None]).abs() / delta           # N x Q x M
-    q = torch.cat([torch.where(x >= smax, torch.ones_like(x), q[:, :1]), q[:, 1:-1],
-                   torch.where(x <= smin, torch.ones_like(x), q[:, -1:])], dim=1).clamp(min=0)
-    if mask is not None:
-        q = q * mask[:, None, :].to(q.dtype)
-    lab = labels[:, None, :].to(q.dtype)
-    nbs = q.sum(-1)                                              # N x Q
-    rec = (q * lab).sum(-1)
+    # Each score touches at most two neighbouring bins k0 and k0 + 1 (weights 1 - frac and frac, the
+    # values of the triangular kernels there): histograms by scatter-add in O(N M), not O(N Q M).
+    t = ((smax - scores) / delta).clamp(0, nq - 1)
+    k0 = t.detach().floor().clamp(max=nq - 2).long()
+    frac = t - k0.to(t.dtype)
+    w = torch.ones_like(scores) if mask is None else mask.to(scores.dtype)
+    lab = labels.to(scores.dtype)
+    zeros = scores.new_zeros(scores.shape[0], nq)
+    nbs = zeros.scatter_add(1, k0, (1 - frac) * w).scatter_add(1, k0 + 1, frac * w)      # N x Q
+    rec = zeros.scatter_add(1, k0, (1 - frac) * w * lab).scatter_add(1, k0 + 1, frac * w * lab)
     prec = rec.cumsum(-1) / (1e-16 + nbs.cumsum(-1))
     rec = rec / rec.sum(-1, keepdim=True)
     return (prec * rec).sum(-1)
