@@ -162,7 +162,7 @@ class ALNet(nn.Module):
         grid = torch.stack([x / max(w - 1, 1) * 2 - 1, y / max(h - 1, 1) * 2 - 1], dim=-1).to(a1.dtype)
         q = a1.shape[1]
         x1234 = torch.empty(len(yx), 4 * q, dtype=a1.dtype, device=a1.device)
-        x1234[:, :q] = a1[i].reshape(q, -1).index_select(1, y * w + x).t()
+        x1234[:, :q] = a1[i].permute(1, 2, 0).reshape(-1, q).index_select(0, y * w + x)  # view if channels-last
         for k, ak in enumerate((a2, a3, a4), start=1):
             x1234[:, k * q:(k + 1) * q] = F.grid_sample(ak[i:i + 1], grid.view(1, 1, -1, 2), mode="bilinear",
                                                         align_corners=True)[0, :, 0].t()
@@ -224,7 +224,9 @@ class ALIKE(Extractor):
             self.net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ValueError(f"alike: {path} is not a {c['variant']} state dict: {exc}") from exc
-        self.net.eval().to(self.device)
+        # channels-last activations: oneDNN's convolutions are ~1.3-1.5x faster on CPU (outputs equal to
+        # ~1e-6); the layout is an implementation detail, state dicts are unchanged
+        self.net.eval().to(self.device).to(memory_format=torch.channels_last)
         logger.info("alike: loaded %s (%s)", c["variant"], path)
 
     @torch.inference_mode()
@@ -235,14 +237,15 @@ class ALIKE(Extractor):
         the original's `extract_dense_map` with the order of the outputs swapped.
         """
         h, w = image.shape[-2:]
-        scores, desc = self.net(pad_to_multiple(image.to(self.device), 32))
+        padded = pad_to_multiple(image.to(self.device), 32).contiguous(memory_format=torch.channels_last)
+        scores, desc = self.net(padded)
         return scores[..., :h, :w], l2_normalize(desc[..., :h, :w], dim=1)
 
     @torch.inference_mode()
     def _extract(self, image: np.ndarray) -> Features:
         h, w = image.shape[:2]
         c = self.conf
-        tensor = pad_to_multiple(image_to_tensor(image, self.device), 32)
+        tensor = pad_to_multiple(image_to_tensor(image, self.device), 32).contiguous(memory_format=torch.channels_last)
         scores_map, ctx = self.net.forward_sparse(tensor)
         scores_map = scores_map[..., :h, :w]
         kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS + 1, RADIUS), c["top_k"], c["scores_th"],

@@ -256,7 +256,7 @@ class ALIKEDNet(nn.Module):
         grid = torch.stack([x / max(w - 1, 1) * 2 - 1, y / max(h - 1, 1) * 2 - 1], dim=-1).to(a1.dtype)
         out = torch.empty(len(yx), 4 * a1.shape[1], dtype=a1.dtype, device=a1.device)
         q = a1.shape[1]
-        out[:, :q] = a1[i].reshape(q, -1).index_select(1, y * w + x).t()
+        out[:, :q] = a1[i].permute(1, 2, 0).reshape(-1, q).index_select(0, y * w + x)  # a view if channels-last
         for k, ak in enumerate((a2, a3, a4), start=1):
             out[:, k * q:(k + 1) * q] = F.grid_sample(ak[i:i + 1], grid.view(1, 1, -1, 2), mode="bilinear",
                                                       align_corners=True)[0, :, 0].t()
@@ -317,7 +317,9 @@ class ALIKED(Extractor):
             self.net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ValueError(f"aliked: {path} is not a {c['variant']} state dict: {exc}") from exc
-        self.net.eval().to(self.device)
+        # channels-last activations: oneDNN's convolutions are ~1.3-1.5x faster on CPU (outputs equal to
+        # ~1e-6); the layout is an implementation detail, state dicts are unchanged
+        self.net.eval().to(self.device).to(memory_format=torch.channels_last)
         logger.info("aliked: loaded %s (%s)", c["variant"], path)
 
     @torch.inference_mode()
@@ -329,7 +331,7 @@ class ALIKED(Extractor):
         """
         h, w = image.shape[-2:]
         padded, (left, _, top, _) = replicate_pad(image.to(self.device), 32)
-        fmap, scores = self.net(padded)
+        fmap, scores = self.net(padded.contiguous(memory_format=torch.channels_last))
         return scores[..., top:top + h, left:left + w], fmap[..., top:top + h, left:left + w]
 
     @torch.inference_mode()
@@ -337,7 +339,7 @@ class ALIKED(Extractor):
         h, w = image.shape[:2]
         c = self.conf
         padded, (left, _, top, _) = replicate_pad(image_to_tensor(image, self.device), 32)
-        scores_map, branches = self.net.forward_sparse(padded)
+        scores_map, branches = self.net.forward_sparse(padded.contiguous(memory_format=torch.channels_last))
         scores_map = scores_map[..., top:top + h, left:left + w]
         kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS, RADIUS), c["top_k"], c["scores_th"],
                                         c["n_limit"], sub_pixel=True)
