@@ -84,7 +84,7 @@ def notice_licence(spec: WeightSpec) -> None:
                        spec.filename, spec.licence)
 
 
-def _download(url: str, dest: Path, expected_sha256: Optional[str]) -> None:
+def download_file(url: str, dest: Path, expected_sha256: Optional[str]) -> None:
     """Download `url` to `dest`, resuming a previous partial download, then check the hash."""
     from tqdm import tqdm
 
@@ -132,7 +132,7 @@ def find_weights(spec: WeightSpec, override: Optional[str | os.PathLike] = None,
         for url in spec.urls:
             try:
                 logger.info("downloading %s from %s", spec.filename, url)
-                _download(url, dest, spec.sha256)
+                download_file(url, dest, spec.sha256)
                 path = dest
                 break
             except Exception as exc:  # network errors come in many types; report them all below

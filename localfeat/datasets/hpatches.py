@@ -203,14 +203,14 @@ def download_hpatches(dest, url: str = HPATCHES_URL, sha256: Optional[str] = HPA
     The archive is kept as ``dest/hpatches-sequences-release.tar.gz`` (an interrupted download
     resumes from ``.part``). Offline, the error names the URL and where to put the archive.
     """
-    from ..hub import _download
+    from ..hub import download_file
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / HPATCHES_ARCHIVE
     if not archive.exists():
         try:
-            _download(url, archive, sha256)
+            download_file(url, archive, sha256)
         except Exception as exc:  # network errors come in many types; say what to do instead
             raise DatasetError(
                 f"cannot download {url} ({exc}). Download it by other means and put it at {archive} "
