@@ -2,7 +2,7 @@
 
 Verbs of other areas live beside their code and are registered here through
 `EXTENSIONS`: modules exposing ``register(subparsers, add_command, groups)``, where
-`groups` maps the verb groups 'export', 'import' and 'eval' to their sub-parsers.
+`groups` maps the verb groups 'export', 'import', 'eval' and 'dataset' to their sub-parsers.
 """
 from __future__ import annotations
 
@@ -202,11 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate features (HPatches, poses, invariance sweeps)")
     ev_sub = ev.add_subparsers(dest="eval_task", metavar="TASK")
 
+    ds = sub.add_parser("dataset", help="build datasets (e.g. training scenes from COLMAP models)")
+    ds_sub = ds.add_subparsers(dest="dataset_verb", metavar="VERB")
+
     p = add_command(sub, "demo", "run the demo on photos bundled with scikit-image",
                     "localfeat demo -o outputs/demo", cmd_demo)
     p.add_argument("-o", "--output", default="outputs/demo")
 
-    groups = {"export": exp_sub, "import": imp_sub, "eval": ev_sub}
+    groups = {"export": exp_sub, "import": imp_sub, "eval": ev_sub, "dataset": ds_sub}
     for module in EXTENSIONS:
         importlib.import_module(module).register(sub, add_command, groups)
     return parser

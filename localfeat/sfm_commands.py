@@ -127,17 +127,6 @@ def cmd_dataset_merge(args) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
-def _dataset_group(subparsers, add_command):
-    """The `dataset` verb group, shared with other areas: reuse it when another module made it."""
-    existing = subparsers.choices.get("dataset")
-    if existing is not None:
-        for action in existing._actions:  # argparse keeps sub-parsers as an action of the parser
-            if isinstance(action, argparse._SubParsersAction):
-                return action
-    parser = subparsers.add_parser("dataset", help="build datasets (e.g. training pairs from COLMAP models)")
-    return parser.add_subparsers(dest="dataset_verb", metavar="VERB")
-
-
 def register(subparsers, add_command, groups) -> None:
     p = add_command(groups["export"], "colmap", "write features and matches to a new COLMAP database",
                     "localfeat export colmap --features features.h5 --matches matches.h5 --images photos/ "
@@ -195,7 +184,7 @@ def register(subparsers, add_command, groups) -> None:
     p.add_argument("--output", default=None, help="folder for the result JSON (reused when present)")
     p.add_argument("--overwrite", action="store_true", help="recompute even if the result JSON exists")
 
-    ds = _dataset_group(subparsers, add_command)
+    ds = groups["dataset"]
     p = add_command(ds, "from-colmap", "training dataset from a COLMAP model: K, pose, depth per image, "
                     "covisible pairs, relative paths",
                     "localfeat dataset from-colmap out/sparse photos/ -o dataset/ --scene sacre_coeur",
