@@ -10,7 +10,7 @@ keypoints (nearest when `sub_pixel` is False) and L2-normalised again.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hub
-from ..ops import image_to_tensor, l2_normalize, sample_dense
+from ..ops import image_to_tensor, l2_normalize
 from ..registry import ConfigError
 from ..types import Features
 from ._dkd import detect_keypoints
