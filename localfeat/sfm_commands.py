@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import argparse
 
 
 def _model_args(parser, default_model: str = "sift") -> None:
