@@ -81,12 +81,16 @@ def _affine_h(L: np.ndarray, src_size, out_size=None) -> tuple[np.ndarray, tuple
 def render_affine(image: np.ndarray, H: np.ndarray, out_size, max_factor: int = 16) -> np.ndarray:
     """Image of out_size (W, H) whose pixel centre q shows `image` at H^-1(q), H affine (pixel centres).
 
-    Rendered f-times supersampled (bilinear) then area-averaged, f = clip(ceil(2 / smallest singular
-    value of H's linear part), 2, max_factor): minification does not alias. Outside: black.
+    Without minification (singular values of H's linear part >= 1): bilinear warp. Otherwise rendered
+    f-times supersampled (bilinear) then area-averaged, f = clip(ceil(2 / smallest singular value), 2,
+    max_factor), so minification does not alias. Outside: black.
     """
     sv = np.linalg.svd(H[:2, :2], compute_uv=False)
-    f = int(np.clip(math.ceil(2.0 / max(sv.min(), 1e-6) - 1e-9), 2, max_factor))
     w, h = out_size
+    if sv.min() >= 1 - 1e-9:  # no minification: plain bilinear (exact for the identity and 90-degree turns)
+        return cv2.warpAffine(image, H[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+    f = int(np.clip(math.ceil(2.0 / max(sv.min(), 1e-6) - 1e-9), 2, max_factor))
     S = np.array([[f, 0, (f - 1) / 2], [0, f, (f - 1) / 2], [0, 0, 1]], np.float64)
     big = cv2.warpAffine(image, (S @ H)[:2], (w * f, h * f), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)

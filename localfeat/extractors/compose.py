@@ -38,8 +38,8 @@ class Compose(Extractor):
       detector:        'keynet', 'sift' ('dog'), or any registered extractor as NAME or NAME:key=value.
       detector_conf:   dict of config for the detector (merged after the spec's own items).
       descriptor:      'tfeat' (default), 'hardnet', 'sosnet' or 'sift'.
-      orientation:     'detector' (default), 'none' or 'orinet'.
-      affine:          'none' (default) or 'affnet'.
+      orientation:     'detector' (default), 'none' (or None) or 'orinet'.
+      affine:          'none' (default, or None) or 'affnet'.
       magnification:   None (auto, see module docstring) or support diameter / detector scale.
       support:         support diameter (pixels) for detectors without scales (default 32).
       max_keypoints:   None or keep the best-scoring K keypoints (before description).
@@ -72,6 +72,9 @@ class Compose(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
+        # 'none' given on the command line is parsed as None: both mean "not used".
+        c["orientation"] = "none" if c["orientation"] is None else c["orientation"]
+        c["affine"] = "none" if c["affine"] is None else c["affine"]
         if c["descriptor"] not in DESCRIPTORS:
             raise ConfigError(f"compose: descriptor={c['descriptor']!r} is not one of {list(DESCRIPTORS)}")
         if c["orientation"] not in ("none", "detector", "orinet"):
