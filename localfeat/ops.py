@@ -225,3 +225,31 @@ def iterative_window_max_nms(scores: torch.Tensor, radius: int, iterations: int 
         new_max_mask = supp_scores == window_max(supp_scores, k)
         max_mask = max_mask | (new_max_mask & ~supp_mask)
     return torch.where(max_mask, scores, zeros)
+
+
+def box_iou_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
+                max_keep: Optional[int] = None) -> np.ndarray:
+    """Greedy non-maximum suppression of axis-aligned boxes by IoU; returns kept indices, best first.
+
+    boxes (N, 4) as (x0, y0, x1, y1) with x1 >= x0, y1 >= y0 (continuous coordinates, area (x1-x0)*(y1-y0));
+    scores (N,). Boxes are visited by decreasing score (stable for ties); a box is kept when its IoU with
+    every kept box is <= iou_threshold (so the kept boxes are pairwise <= iou_threshold), until `max_keep`
+    boxes are kept (None = no limit). iou_threshold >= 1 keeps everything (top-k only).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if iou_threshold >= 1.0:
+        return order[:max_keep].astype(np.int64)
+    x0, y0, x1, y1 = boxes.T
+    area = (x1 - x0) * (y1 - y0)
+    keep = []
+    while order.size and (max_keep is None or len(keep) < max_keep):
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        iw = np.clip(np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]), 0, None)
+        ih = np.clip(np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]), 0, None)
+        inter = iw * ih
+        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, np.int64)
