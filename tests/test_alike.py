@@ -250,3 +250,10 @@ def test_localfeat_extract_verb(tmp_path):
         f = store.get("1.ppm")
     assert f.image_size == (788, 522) and f.descriptors.shape[1] == 64 and len(f) > 100
     assert f.keypoints[:, 0].max() > 700  # mapped back to the original pixels
+
+
+def test_image_with_no_keypoint():
+    # 5x5: the borders (3 top/left, 2 bottom/right) leave no candidate, even after the mean fallback
+    image = np.random.RandomState(0).randint(0, 255, (5, 5, 3)).astype(np.uint8)
+    feats = load_extractor("alike", variant="alike-t", device="cpu").extract(image)
+    assert feats.keypoints.shape == (0, 2) and feats.descriptors.shape == (0, 64) and feats.image_size == (5, 5)

@@ -211,3 +211,12 @@ def test_offline_weights_specs_and_errors():
     path = shared("weights_alike", "alike-n.pth")
     with pytest.raises(ValueError, match=r"aliked: .*alike-n.pth is not a aliked-n16 state dict"):
         load_extractor("aliked", weights=str(path))
+
+
+def test_image_with_no_keypoint():
+    image = np.random.RandomState(0).randint(0, 255, (4, 4, 3)).astype(np.uint8)
+    feats = load_extractor("aliked", device="cpu").extract(image)
+    assert feats.keypoints.shape == (0, 2) and feats.descriptors.shape == (0, 128) and feats.image_size == (4, 4)
+    head = SDDH(8, 3, 4).eval()
+    with torch.no_grad():
+        assert head(torch.randn(1, 8, 10, 12), [torch.zeros(0, 2)])[0].shape == (0, 8)

@@ -280,6 +280,7 @@ def sample_normalized_bilinear(read: Callable, grid: torch.Tensor, size_wh: tupl
     x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # weight 0 when clamped
     corners = torch.cat([torch.stack([y0, x0], 1), torch.stack([y0, x1], 1),
                          torch.stack([y1, x0], 1), torch.stack([y1, x1], 1)])
-    vec = l2_normalize(read(corners), dim=1).view(4, len(grid), -1)
+    vec = l2_normalize(read(corners), dim=1)
+    vec = vec.view(4, len(grid), vec.shape[-1])
     wgt = torch.stack([(1 - lx) * (1 - ly), lx * (1 - ly), (1 - lx) * ly, lx * ly])[..., None]
     return (vec * wgt).sum(0)

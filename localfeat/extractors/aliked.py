@@ -188,9 +188,9 @@ class SDDH(nn.Module):
         offset = self.offset_conv(patch).clamp(-max_offset, max_offset)      # (N, 2M, 1, 1)
         offset = offset[:, :, 0, 0].view(n, 2, self.n_pos).permute(0, 2, 1)  # (N, M, 2)
         pos = 2.0 * (kpts_wh[:, None] + offset) / wh[None] - 1
-        feats = sample(pos.reshape(n * self.n_pos, 2)).reshape(n, self.n_pos, -1)  # (N, M, C)
+        feats = sample(pos.reshape(n * self.n_pos, 2)).reshape(n, self.n_pos, self.sf_conv.in_channels)
         feats = F.selu(feats @ self.sf_conv.weight[:, :, 0, 0].t())           # (N, M, C)
-        desc = feats.reshape(n, -1) @ self.agg_weights.reshape(-1, self.agg_weights.shape[-1])
+        desc = feats.reshape(n, self.n_pos * feats.shape[-1]) @ self.agg_weights.reshape(-1, self.agg_weights.shape[-1])
         return l2_normalize(desc, dim=1)
 
 
@@ -370,7 +370,8 @@ class ALIKED(Extractor):
             x0f, y0f = torch.floor(ix), torch.floor(iy)
             lx, ly = ix - x0f, iy - y0f
             x0, y0 = x0f.long(), y0f.long()
-            vec = read(torch.cat([y0, y0, y0 + 1, y0 + 1]), torch.cat([x0, x0 + 1, x0, x0 + 1])).view(4, -1, dim)
+            vec = read(torch.cat([y0, y0, y0 + 1, y0 + 1]), torch.cat([x0, x0 + 1, x0, x0 + 1]))
+            vec = vec.view(4, len(grid), dim)
             wgt = torch.stack([(1 - lx) * (1 - ly), lx * (1 - ly), (1 - lx) * ly, lx * ly])[..., None]
             return (vec * wgt).sum(0)
 
