@@ -301,6 +301,24 @@ WEIGHTS: dict[str, WeightSpec] = {
         "AffNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/AffNet.pth",), None, "MIT", False),
     "orinet": WeightSpec(
         "OriNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/OriNet.pth",), None, "MIT", False),
+    # --- torchvision ImageNet ResNets (BSD-3-Clause code; ImageNet-trained), loaded unchanged by the DeLF
+    # backbone (localfeat.extractors._resnet) with backbone_weights='imagenet'. The file names carry the first
+    # 8 hex digits of their sha256 (torchvision's check_hash convention); the full digests were not available
+    # offline, so None. DeLF itself released TF-slim checkpoints only (no PyTorch file to list).
+    "torchvision_resnet18": WeightSpec(
+        "resnet18-f37072fd.pth", ("https://download.pytorch.org/models/resnet18-f37072fd.pth",), None, "BSD-3-Clause"),
+    "torchvision_resnet34": WeightSpec(
+        "resnet34-b627a593.pth", ("https://download.pytorch.org/models/resnet34-b627a593.pth",), None, "BSD-3-Clause"),
+    "torchvision_resnet50": WeightSpec(
+        "resnet50-0676ba61.pth", ("https://download.pytorch.org/models/resnet50-0676ba61.pth",), None, "BSD-3-Clause"),
+    "torchvision_resnet50_v2": WeightSpec(
+        "resnet50-11ad3fa6.pth", ("https://download.pytorch.org/models/resnet50-11ad3fa6.pth",), None, "BSD-3-Clause"),
+    "torchvision_resnet101": WeightSpec(
+        "resnet101-63fe2227.pth", ("https://download.pytorch.org/models/resnet101-63fe2227.pth",), None,
+        "BSD-3-Clause"),
+    "torchvision_resnet152": WeightSpec(
+        "resnet152-394f9c45.pth", ("https://download.pytorch.org/models/resnet152-394f9c45.pth",), None,
+        "BSD-3-Clause"),
     # --- end of weights table ---
 }
 
