@@ -160,6 +160,8 @@ def test_trained_weights_load_in_the_extractor_and_validate(tmp_path):
     res = evaluate_mma(trainer.adapter, trainer.net, root, torch.device("cpu"), top_k=200)
     assert 0.0 <= res["mma@1"] <= res["mma@3"] <= res["mma@5"] <= 1.0
     assert res["features"] > 10 and res["matches"] > 0
+    # one i_ and one v_ sequence, 5 pairs each: the overall MMA is the mean of the two
+    assert res["mma@3"] == pytest.approx((res["mma@3_i"] + res["mma@3_v"]) / 2)
 
 
 def test_freeze_named_parts(tmp_path):

@@ -316,7 +316,8 @@ def validation_set(conf: dict, run_dir: Path) -> Path:
 
 def evaluate_mma(adapter, net, root: Path, device, top_k: Optional[int] = 1000, nms: int = 3) -> dict:
     """MMA at 1, 3, 5 px (D2-Net protocol: mutual NN, all pairs 1-k of every sequence) of the network
-    on an HPatches-format folder; also mean features per image and matches per pair."""
+    on an HPatches-format folder, MMA@3 of the i_ and v_ sequences apart ('mma@3_i', 'mma@3_v'; NaN
+    when there are none), mean features per image and matches per pair."""
     from ..datasets.hpatches import HPatchesSequences
     from ..eval import metrics
     from ..io.images import read_image
@@ -324,7 +325,7 @@ def evaluate_mma(adapter, net, root: Path, device, top_k: Optional[int] = 1000, 
     ds = HPatchesSequences(root, exclude=())
     was_training = net.training
     net.eval()
-    acc, nfeat, nmatch = [], [], []
+    acc, nfeat, nmatch, kinds = [], [], [], []
     try:
         for seq in ds.sequences:
             f1 = extract_dense(adapter, net, read_image(ds.image_path(seq, 1), "rgb"), device, top_k, nms)
@@ -336,12 +337,16 @@ def evaluate_mma(adapter, net, root: Path, device, top_k: Optional[int] = 1000, 
                     else np.zeros((0, 2), np.int64)
                 d = metrics.reprojection_distances(f1.keypoints, fk.keypoints, m, ds.homography(seq, k))
                 acc.append(metrics.matching_accuracy(d, (1, 3, 5)))
+                kinds.append(seq[0])
                 nmatch.append(len(m))
     finally:
         net.train(was_training)
     a = np.mean(acc, axis=0)
-    return {"mma@1": float(a[0]), "mma@3": float(a[1]), "mma@5": float(a[2]),
-            "features": float(np.mean(nfeat)), "matches": float(np.mean(nmatch))}
+    out = {"mma@1": float(a[0]), "mma@3": float(a[1]), "mma@5": float(a[2])}
+    for kind in ("i", "v"):
+        sel = [x[1] for x, k in zip(acc, kinds) if k == kind]
+        out[f"mma@3_{kind}"] = float(np.mean(sel)) if sel else float("nan")
+    return {**out, "features": float(np.mean(nfeat)), "matches": float(np.mean(nmatch))}
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -431,7 +436,8 @@ class Trainer:
             return None
         root = validation_set(self.conf, self.run_dir)
         res = evaluate_mma(self.adapter, self.net, root, self.device, v["top_k"], int(v["nms"]))
-        _CsvLog(self.run_dir / "validation.csv", ["step", "mma@1", "mma@3", "mma@5", "features", "matches"]).write(
+        _CsvLog(self.run_dir / "validation.csv", ["step", "mma@1", "mma@3", "mma@5", "mma@3_i", "mma@3_v",
+                                                 "features", "matches"]).write(
             {"step": self.step, **res})
         logger.info("step %d: validation MMA@3 %.4f (MMA@1 %.4f, MMA@5 %.4f, %.0f features, %.0f matches)",
                     self.step, res["mma@3"], res["mma@1"], res["mma@5"], res["features"], res["matches"])
