@@ -144,6 +144,7 @@ class R2D2(Extractor):
             crop = {k: v[:, :, ry0 - wy0:ry1 - wy0, rx0 - wx0:rx1 - wx0] for k, v in out.items()}
             del out
             yield (cy0, cy1, cx0, cx1), (ry0, ry1, rx0, rx1), crop
+            del crop  # free this tile's maps before the next tile is computed
 
     def _detect_level(self, level: torch.Tensor) -> tuple:
         """Keypoints of one level: rows, cols (int64, level pixels), reliability, repeatability (K,)
@@ -162,6 +163,7 @@ class R2D2(Extractor):
             descs.append(F.normalize(out["features"][0, :, y, x].t(), p=2, dim=1))
             rows.append(y + ry0)
             cols.append(x + rx0)
+            del out, rel, rep, maxima, core  # this tile's maps: free them before the next tile is computed
         if not rows:
             empty = torch.zeros(0, dtype=torch.int64, device=level.device)
             z = torch.zeros(0, device=level.device)
@@ -220,6 +222,7 @@ class R2D2(Extractor):
                     maps[key][cy0:cy1, cx0:cx1] = out[key][0, 0, cy0 - ry0:cy1 - ry0,
                                                            cx0 - rx0:cx1 - rx0].float().cpu().numpy()
                 oh, ow = max(oh, cy1), max(ow, cx1)
+                del out
         for key, m in maps.items():
             if (oh, ow) != (sh, sw):
                 m[oh:] = m[oh - 1:oh]
