@@ -20,7 +20,8 @@ def test_quantized_ap_on_bin_centres_is_the_exact_ap():
     assert ap.item() == pytest.approx((1 + 2 / 3) / 2, abs=1e-6)
     # Positives ranked first: AP 1; positive last of three: AP 1/3.
     assert quantized_ap(torch.tensor([[1.0, 0.5, 0.25]]), torch.tensor([[1, 0, 0]]), nq=5).item() == pytest.approx(1.0)
-    assert quantized_ap(torch.tensor([[0.25, 1.0, 0.5]]), torch.tensor([[1, 0, 0]]), nq=5).item() == pytest.approx(1 / 3)
+    last = quantized_ap(torch.tensor([[0.25, 1.0, 0.5]]), torch.tensor([[1, 0, 0]]), nq=5)
+    assert last.item() == pytest.approx(1 / 3)
 
 
 def test_quantized_ap_between_centres_and_outside_the_range():

@@ -144,7 +144,8 @@ def test_trained_weights_load_in_the_extractor_and_validate(tmp_path):
 
     run = train("smoke", tmp_path / "run", {**TINY, "model.mchan": 1})
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    extractor = localfeat.load_extractor("r2d2", weights=str(run / "weights.pt"), top_k=100, min_size=None, min_scale=0.7,
+    extractor = localfeat.load_extractor("r2d2", weights=str(run / "weights.pt"), top_k=100, min_size=None,
+                                         min_scale=0.7,
                                          max_size=None, reliability_thr=0.0, repeatability_thr=0.0)
     state = extractor.net.state_dict()
     assert state.keys() == ck["model"].keys()

@@ -16,7 +16,8 @@ def cmd_train(args) -> int:
         overrides = parse_overrides(args.overrides)
         extra = sorted(set(overrides) - {"steps"})
         if extra:
-            raise ValueError(f"--resume takes only steps=N (the rest of the config is RUN_DIR/config.yaml); got {extra}")
+            raise ValueError(f"--resume takes only steps=N (the rest of the config is RUN_DIR/config.yaml); "
+                             f"got {extra}")
         run = resume(args.resume, steps=overrides.get("steps"))
     else:
         if not args.config or not args.output:

@@ -104,7 +104,8 @@ def read_config_source(source: str | os.PathLike) -> dict:
     else:
         entry = resources.files("localfeat.train").joinpath("presets", f"{source}.yaml")
         if not entry.is_file():
-            raise ConfigError(f"--config {source!r} is neither a YAML file nor a preset; presets: {sorted(list_presets())}")
+            raise ConfigError(f"--config {source!r} is neither a YAML file nor a preset; "
+                              f"presets: {sorted(list_presets())}")
         text = entry.read_text()
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
@@ -484,8 +485,9 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 terms = self.train_step(batch)
                 self.step += 1
-                row = {"step": self.step - 1, **{k: terms[k] for k in ["total"] + sorted(k for k in terms if k != "total")},
-                       "lr": lr, "seconds": round(time.perf_counter() - t0, 4)}
+                names = ["total"] + sorted(k for k in terms if k != "total")
+                row = {"step": self.step - 1, **{k: terms[k] for k in names}, "lr": lr,
+                       "seconds": round(time.perf_counter() - t0, 4)}
                 metrics_log.write(row)
                 tb = self._tensorboard()
                 if tb:
