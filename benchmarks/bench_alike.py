@@ -67,10 +67,17 @@ def original_dkd(scores_map: torch.Tensor, descriptor_map: torch.Tensor, radius:
                  scores_th: float = 0.2, n_limit: int = 5000):
     """The computation path of the original ALIKE DKD (threshold mode, sub-pixel): NMS, full-map unfold,
     soft-argmax, score and descriptor sampling from the normalised dense map. Baseline only."""
-    from localfeat.ops import iterative_max_pool_nms
+    def pool(x):
+        return torch.nn.functional.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
 
     b, _, h, w = scores_map.shape
-    nms = iterative_max_pool_nms(scores_map, radius)
+    zeros = torch.zeros_like(scores_map)  # the original simple_nms, with max_pool2d
+    max_mask = scores_map == pool(scores_map)
+    for _ in range(2):
+        supp_mask = pool(max_mask.float()) > 0
+        supp_scores = torch.where(supp_mask, zeros, scores_map)
+        max_mask = max_mask | ((supp_scores == pool(supp_scores)) & ~supp_mask)
+    nms = torch.where(max_mask, scores_map, zeros)
     nms[:, :, :radius + 1] = 0
     nms[:, :, :, :radius + 1] = 0
     nms[:, :, h - radius:] = 0

@@ -96,21 +96,21 @@ def argmax_pool_nms(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def iterative_max_pool_nms(scores: torch.Tensor, radius: int, iterations: int = 2) -> torch.Tensor:
-    """SuperGlue/LightGlue `simple_nms`: scores (B, H, W) with non-maxima set to 0.
+    """SuperGlue / LightGlue / ALIKE `simple_nms`: scores (B, H, W) or (B, 1, H, W), non-maxima set to 0.
 
     Window maxima of size 2*radius+1 are kept; then, `iterations` times, pixels outside the windows of
-    the current maxima that are maxima of the remaining scores are added.
+    the current maxima that are maxima of the remaining scores are added. The max filters are
+    `window_max`, equal bit for bit to the originals' `F.max_pool2d` and faster on CPU
+    (tests/test_alike.py compares with the max_pool2d formulation).
     """
-    def pool(x):
-        return F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
-
+    k = 2 * radius + 1
     zeros = torch.zeros_like(scores)
-    max_mask = scores == pool(scores)
+    max_mask = scores == window_max(scores, k)
     for _ in range(iterations):
-        supp_mask = pool(max_mask.float()) > 0
+        supp_mask = window_max(max_mask.to(scores.dtype), k) > 0
         supp_scores = torch.where(supp_mask, zeros, scores)
-        new_max_mask = supp_scores == pool(supp_scores)
-        max_mask = max_mask | (new_max_mask & (~supp_mask))
+        new_max_mask = supp_scores == window_max(supp_scores, k)
+        max_mask = max_mask | (new_max_mask & ~supp_mask)
     return torch.where(max_mask, scores, zeros)
 
 
@@ -209,22 +209,6 @@ def window_max(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
     for d in range(1, kernel_size):
         out = torch.maximum(out, rows[..., d:d + h, :])
     return out
-
-
-def iterative_window_max_nms(scores: torch.Tensor, radius: int, iterations: int = 2) -> torch.Tensor:
-    """`iterative_max_pool_nms` (SuperGlue / ALIKE `simple_nms`) with the max filters done by `window_max`:
-    the same output bit for bit (tests/test_alike.py checks it), faster on CPU. scores (B, 1, H, W) or
-    (B, H, W); non-maxima set to 0.
-    """
-    k = 2 * radius + 1
-    zeros = torch.zeros_like(scores)
-    max_mask = scores == window_max(scores, k)
-    for _ in range(iterations):
-        supp_mask = window_max(max_mask.to(scores.dtype), k) > 0
-        supp_scores = torch.where(supp_mask, zeros, scores)
-        new_max_mask = supp_scores == window_max(supp_scores, k)
-        max_mask = max_mask | (new_max_mask & ~supp_mask)
-    return torch.where(max_mask, scores, zeros)
 
 
 def box_iou_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..ops import iterative_window_max_nms, top_k_indices
+from ..ops import iterative_max_pool_nms, top_k_indices
 
 TEMPERATURE = 0.1
 
@@ -42,7 +42,7 @@ def select_peaks(scores_map: torch.Tensor, radius: int, border: tuple[int, int],
                 decreasing score, otherwise row-major.
     """
     b, _, h, w = scores_map.shape
-    nms = iterative_window_max_nms(scores_map, radius)
+    nms = iterative_max_pool_nms(scores_map, radius)
     top, bottom = border
     nms[:, :, :top, :] = 0
     nms[:, :, :, :top] = 0
