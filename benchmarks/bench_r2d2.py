@@ -201,6 +201,8 @@ def section_tiled(args) -> None:
         ds = np.abs(a.scores[oa] - b.scores[ob]).max() if len(a) == len(b) else float("nan")
         dd = np.abs(a.descriptors[oa] - b.descriptors[ob]).max() if len(a) == len(b) else float("nan")
         print(f"| {name} | {len(a)} | {same} | {dxy:.1e} | {ds:.1e} | {dd:.1e} |", flush=True)
+    if args.no_memory:
+        return
     print(f"\n## peak RSS at full resolution (max_size=None, min_scale={args.min_scale}, {args.precision}), "
           "one child process each")
     print("| image | tile_size | seconds | keypoints | peak RSS (GB) |")
@@ -250,6 +252,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="tiled/throughput")
     parser.add_argument("--tiled-images", nargs="*", default=["v_churchill_1"])
     parser.add_argument("--min-scale", type=float, default=1.0, help="tiled memory runs: 1.0 = full level only")
+    parser.add_argument("--no-memory", action="store_true", help="tiled: skip the peak-RSS child runs")
     parser.add_argument("--n", type=int, default=4, help="throughput: number of images")
     parser.add_argument("--child-memory", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
