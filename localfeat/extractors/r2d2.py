@@ -16,7 +16,7 @@ mode, device selection, and a checkpoint reader that never evaluates the checkpo
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import torch
