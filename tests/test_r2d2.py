@@ -5,7 +5,6 @@ The exhaustive versions (all 14 reference images, speed, memory) are in benchmar
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
