@@ -18,6 +18,7 @@ EXTENSIONS: list[str] = [
     "localfeat.sfm_commands",
     "localfeat.train.commands",
     "localfeat.eval.invariance_commands",
+    "localfeat.retrieval_commands",
 ]
 
 
