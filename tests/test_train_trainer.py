@@ -175,3 +175,22 @@ def test_freeze_named_parts(tmp_path):
     assert not torch.equal(ck["model"]["ops.6.weight"], init["ops.6.weight"])
     with pytest.raises(ConfigError, match="matches no parameter"):
         train({**conf, "freeze": ["trunk.conv9"]}, tmp_path / "bad", TINY)
+
+
+def test_models_start_from_official_weights():
+    """model.weights: official loads the released file (found through the weights lookup)."""
+    from localfeat import hub
+    from localfeat.extractors._r2d2_nets import load_network
+
+    conf = resolve_config({"model": {"name": "r2d2", "weights": "official", "mchan": 4}})
+    net = get_adapter("r2d2").build(conf["model"])
+    ref, _ = load_network(hub.find_weights(hub.weight_spec("faster2d2_WASF_N16")))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+    assert net.training
+    with pytest.raises(ConfigError, match="hold Fast_Quad_L2Net_ConfCFS"):
+        get_adapter("r2d2").build(resolve_config({"model": {"name": "r2d2", "weights": "official",
+                                                            "arch": "Quad_L2Net_ConfCFS"}})["model"])
+    alike = get_adapter("alike").build(resolve_config({"model": {"name": "alike", "variant": "alike-t",
+                                                                 "weights": "official"}})["model"])
+    ref_state = hub.load_torch_checkpoint(hub.find_weights(hub.weight_spec("alike-t")))
+    assert all(torch.equal(alike.state_dict()[k], v) for k, v in ref_state.items())

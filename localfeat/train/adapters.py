@@ -93,9 +93,16 @@ def _r2d2_build(conf: dict):
     arch, kwargs = parse_net_string(_r2d2_net_string(conf))  # validates arch and widths
     path = _weights_path(conf, conf["variant"])
     if path is not None:
+        from ..extractors._r2d2_nets import ARCHITECTURES
+
         net, net_string = load_network(path)
-        if net_string.split("(")[0] != conf["arch"]:
-            raise ConfigError(f"model weights {path} hold {net_string}, but model.arch is {conf['arch']!r}")
+        file_arch, file_kwargs = parse_net_string(net_string)
+        wanted = {"arch": conf["arch"], "dim": conf["dim"], "mchan": conf["mchan"], "relu22": conf["relu22"]}
+        found = {"arch": file_arch, **{k: file_kwargs.get(k, d) for k, (_, d) in ARCHITECTURES[file_arch].items()
+                                      if k in wanted}}
+        if any(found[k] != wanted[k] for k in wanted):
+            raise ConfigError(f"model weights {path} hold {net_string}, but the model config asks for {wanted}; "
+                              f"set model.arch/dim/mchan/relu22 to {found}")
         net.train()
         return net
     return R2D2Net(arch, **kwargs)
