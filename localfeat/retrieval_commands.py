@@ -1,6 +1,8 @@
 """CLI verbs `localfeat retrieve index` and `localfeat retrieve query` (see `localfeat.retrieval`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def cmd_retrieve_index(args) -> int:
     from .cli import model_conf
@@ -25,6 +27,29 @@ def cmd_retrieve_query(args) -> int:
         print(f"JSON written to {write_json(results, args.json)}")
     if args.picture:
         print(f"picture written to {r.picture(args.image, results, args.picture, count=args.picture_count, features=q)}")
+    return 0
+
+
+def cmd_retrieve_fit_pca(args) -> int:
+    import numpy as np
+
+    from .io.h5 import FeatureStore
+    from .whitening import PCAWhitening
+
+    path = Path(args.features)
+    store = FeatureStore(path / "features.h5" if path.is_dir() else path, mode="r")
+    rng = np.random.default_rng(0)
+    chunks = []
+    for name in store.names():
+        d = store.get(name).descriptors
+        if args.max_per_image is not None and len(d) > args.max_per_image:
+            d = d[rng.choice(len(d), args.max_per_image, replace=False)]
+        chunks.append(np.asarray(d, np.float32))
+    if not chunks:
+        raise ValueError(f"{args.features} holds no features to fit a PCA on")
+    pca = PCAWhitening.fit(np.concatenate(chunks), dim=args.dim, eps=args.eps)
+    print(f"PCA {pca.input_dim} -> {pca.dim} fit on {sum(map(len, chunks))} descriptors of {len(chunks)} images; "
+          f"written to {pca.save(args.output)}")
     return 0
 
 
@@ -57,6 +82,15 @@ def register(subparsers, add_command, groups) -> None:
     p.add_argument("--ransac-thresh", type=float, default=3.0, help="RANSAC threshold, pixels")
     p.add_argument("--min-inliers", type=int, default=15, help="fewer inliers count as 0")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
+
+    p = add_command(rt_sub, "fit-pca", "fit PCA whitening on the descriptors of a features.h5 or index folder "
+                    "(e.g. DeLF's 1024 -> 40-D: index with --conf pca=None, then extract with pca=FILE)",
+                    "localfeat retrieve fit-pca index_raw/ -o delf_pca.npz --dim 40", cmd_retrieve_fit_pca)
+    p.add_argument("features", help="features.h5, or an index folder holding one")
+    p.add_argument("-o", "--output", required=True, help="PCA file to write (.npz)")
+    p.add_argument("--dim", type=int, default=40, help="output dimension")
+    p.add_argument("--eps", type=float, default=0.0, help="added to the variances when whitening")
+    p.add_argument("--max-per-image", type=int, default=None, help="random subset of N descriptors per image")
 
 
 __all__ = ["register"]

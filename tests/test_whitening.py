@@ -56,3 +56,20 @@ def test_errors_name_the_problem(tmp_path):
         w.apply(np.zeros((2, 7)))
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         PCAWhitening.load(tmp_path / "nope.npz")
+
+
+def test_cli_fit_pca_on_a_feature_store(tmp_path):
+    from localfeat.cli import main
+    from localfeat.io.h5 import FeatureStore
+    from localfeat.types import Features
+
+    x = _data(n=300, d=16, seed=3).astype(np.float32)
+    with FeatureStore(tmp_path / "features.h5", mode="w", model="test", conf={}) as store:
+        for i in range(3):
+            part = x[i * 100:(i + 1) * 100]
+            store.put(f"im{i}.jpg", Features(np.zeros((100, 2), np.float32), np.ones(100, np.float32),
+                                              part, (10, 10)))
+    assert main(["retrieve", "fit-pca", str(tmp_path), "-o", str(tmp_path / "pca.npz"), "--dim", "4"]) == 0
+    w = PCAWhitening.load(tmp_path / "pca.npz")
+    ref = PCAWhitening.fit(x, dim=4)
+    np.testing.assert_allclose(w.components, ref.components, atol=1e-6)
