@@ -104,6 +104,8 @@ class R2D2(Extractor):
         # Tiles overlap by the receptive radius, plus 1 px so that the 3x3 NMS of a core pixel sees exact values.
         self.tile_margin = self.net.receptive_radius + 1
         self._bf16_trunk = self.net.bf16_trunk() if c["precision"] == "bf16" else None
+        self._head_w = torch.cat([self.net.clf.weight, self.net.sal.weight]).flatten(1)  # (3, D)
+        self._head_b = torch.cat([self.net.clf.bias, self.net.sal.bias])  # (3,)
         logger.debug("r2d2: %s from %s on %s", self.net_string, path, self.device)
 
     # ------------------------------------------------------------------ network
@@ -116,12 +118,16 @@ class R2D2(Extractor):
                 y = op(y)
             if net.fast:
                 y = F.interpolate(y.float(), scale_factor=net.upsample, mode="bilinear", align_corners=False)
-            # heads in float32: bf16 confidence maps would be full of ties that the NMS keeps.
-            feats = y.float().contiguous()
+            # Heads in float32 (bf16 confidence maps would be full of ties that the NMS keeps), as one
+            # matmul over the channels-last features: no layout conversion of the 128-channel map.
+            feats = y.float()
             del y
             sq = feats * feats
-            rel = F.softmax(net.clf(sq), dim=1)[:, 1:2]
-            sp = F.softplus(net.sal(sq))
+            logits = torch.matmul(sq.permute(0, 2, 3, 1), self._head_w.t()) + self._head_b  # (B, h, w, 3)
+            del sq
+            logits = logits.permute(0, 3, 1, 2)
+            rel = F.softmax(logits[:, :2], dim=1)[:, 1:2].contiguous()
+            sp = F.softplus(logits[:, 2:3]).contiguous()
             return {"features": feats, "reliability": rel, "repeatability": sp / (1 + sp)}
         return self.net(x)
 
