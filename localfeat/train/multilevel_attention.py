@@ -110,7 +110,7 @@ def pretrain_autoencoder(net: MultiLevelAttentionNet, images, steps: int = 100, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
