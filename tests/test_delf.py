@@ -122,3 +122,19 @@ def test_two_stage_training_lowers_loss(tmp_path):
     f = load_extractor("delf", arch="resnet18", weights=s["checkpoint"], score_threshold=None, max_keypoints=10,
                        scales=[1.0], device="cpu").extract(read_image(shared("kitti_seq_alike", "000100.png")))
     assert len(f) == 10
+
+
+def test_torchvision_backbone_file_loads_unchanged(tmp_path):
+    from localfeat.extractors._resnet import ResNet
+    from localfeat.hub import WeightsNotFoundError
+
+    torch.manual_seed(3)
+    tv = ResNet("resnet18")                       # a torchvision-format file: full ResNet with its fc
+    torch.save(tv.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    e = load_extractor("delf", arch="resnet18", backbone_weights=str(tmp_path / "resnet18-f37072fd.pth"),
+                       device="cpu")
+    sd = e.net.backbone.state_dict()
+    assert all(torch.equal(v, tv.state_dict()[k]) for k, v in sd.items())
+    assert not any(k.startswith(("layer4", "fc")) for k in sd)
+    with pytest.raises(WeightsNotFoundError, match="resnet18-f37072fd.pth"):
+        load_extractor("delf", arch="resnet18", backbone_weights="imagenet", device="cpu")
