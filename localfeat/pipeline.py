@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,22 @@ class RunReport:
         for name, message in self.failed:
             text += f"\n  failed: {name}: {message}"
         return text
+
+
+def prefetch(pool: ThreadPoolExecutor, func, items, depth: int = 2):
+    """Yield func(item) for each item in order, computing at most `depth` results ahead in `pool`
+    (unlike `pool.map`, which would submit every item at once and hold all results in memory)."""
+    pending = deque()
+    items = iter(items)
+    for item in items:
+        pending.append(pool.submit(func, item))
+        if len(pending) >= depth:
+            break
+    for item in items:
+        yield pending.popleft().result()
+        pending.append(pool.submit(func, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 def _progress(iterable, total, desc):
@@ -79,9 +96,8 @@ def extract(images: Union[str, os.PathLike, Sequence], output: Union[str, os.Pat
                 return name, None, str(exc)
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            # Decode ahead: the next image is read while the model works on this one.
-            loaded = pool.map(load, todo)
-            for name, image, error in _progress(loaded, len(todo), "extract"):
+            # Decode ahead: the next images are read while the model works on this one.
+            for name, image, error in _progress(prefetch(pool, load, todo), len(todo), "extract"):
                 if error is None:
                     try:
                         store.put(name, extractor.extract(image))

@@ -95,3 +95,29 @@ def test_pairs_and_matching_resume(tmp_path, mixed_folder):
     expected = localfeat.load_matcher("nearest_neighbor").match(FeatureStore(feats, "r").get(a),
                                                                   FeatureStore(feats, "r").get(b))
     assert np.array_equal(store.get(a, b).indices, expected.indices)
+
+
+def test_prefetch_keeps_order_and_stays_bounded():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from localfeat.pipeline import prefetch
+
+    started, lock = [], threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        return i * i
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        out = []
+        for value in prefetch(pool, work, range(10), depth=2):
+            # When result k is consumed, at most k + 2 items have been started.
+            with lock:
+                assert len(started) <= len(out) + 2
+            out.append(value)
+    assert out == [i * i for i in range(10)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert list(prefetch(pool, work, [], depth=2)) == []
+        assert list(prefetch(pool, work, [3], depth=2)) == [9]
