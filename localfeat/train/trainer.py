@@ -536,7 +536,7 @@ def plot_curves(run_dir) -> Path:
     val = run_dir / "validation.csv"
     fig, ax = plt.subplots(1, 2 if val.exists() else 1, figsize=(11 if val.exists() else 6, 4), squeeze=False)
     ax[0, 0].plot(steps, total, lw=0.5, alpha=0.5, label="total")
-    k = max(1, len(total) // 50)
+    k = max(1, len(total) // 15)
     if len(total) > k:
         ma = np.convolve(total, np.ones(k) / k, mode="valid")
         ax[0, 0].plot(steps[k - 1:], ma, lw=1.5, label=f"moving average ({k})")
