@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DelfTrainConf:
     arch: str = "resnet50"
-    backbone_weights: Optional[str] = None   # torchvision ImageNet file to start stage 1 from (None = random)
+    backbone_weights: Optional[str] = None   # torchvision ImageNet file (or a stage1_backbone.pt) to start from
     steps1: int = 100                        # stage 1 steps (0 = skip: the backbone as loaded)
     steps2: int = 100                        # stage 2 steps
     batch_size: int = 8
@@ -57,7 +57,7 @@ class DelfTrainConf:
     seed: int = 0
     device: Optional[str] = None
     frozen_bn: bool = True                   # stage 1 with frozen batch norms (tiny batches; False = update them)
-    time_limit_minutes: Optional[float] = None
+    time_limit_minutes: Optional[float] = None   # per stage
 
 
 class ClassFolder:
@@ -199,7 +199,9 @@ def train_delf(images_root, run_dir, conf: DelfTrainConf = DelfTrainConf()) -> d
     torch.manual_seed(conf.seed)
     rng = np.random.default_rng(conf.seed)
     device = resolve_device(conf.device)
-    deadline = None if conf.time_limit_minutes is None else time.monotonic() + 60 * conf.time_limit_minutes
+
+    def deadline():
+        return None if conf.time_limit_minutes is None else time.monotonic() + 60 * conf.time_limit_minutes
     data = ClassFolder(images_root, conf.base_size)
     n_cls = len(data.classes)
     logger.info("delf training: %d images in %d classes from %s", len(data), n_cls, images_root)
@@ -211,14 +213,18 @@ def train_delf(images_root, run_dir, conf: DelfTrainConf = DelfTrainConf()) -> d
     if conf.backbone_weights:
         from ..hub import load_torch_checkpoint
 
-        resnet.load_state_dict(load_torch_checkpoint(conf.backbone_weights), strict=True)
+        sd = load_torch_checkpoint(conf.backbone_weights)
+        missing, unexpected = resnet.load_state_dict(sd, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("fc.")]:
+            raise ValueError(f"{conf.backbone_weights} is not a {conf.arch} state_dict (torchvision keys): "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     resnet.fc = torch.nn.Linear(resnet.fc.in_features, n_cls)
     resnet.to(device).train()
     stage1 = lambda x: resnet(x, outputs=("logits",))["logits"]  # noqa: E731
     summary["stage1_before"] = evaluate(stage1, data, conf, device, [resnet])
     params = [p for p in resnet.parameters() if p.requires_grad]
     summary["stage1_steps"] = _run_stage("stage1", stage1, params, data, conf, conf.steps1, conf.lr1, device,
-                                         run_dir, rng, deadline) if conf.steps1 else 0
+                                         run_dir, rng, deadline()) if conf.steps1 else 0
     summary["stage1_after"] = evaluate(stage1, data, conf, device, [resnet])
     torch.save({k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")},
                run_dir / "stage1_backbone.pt")
@@ -236,7 +242,7 @@ def train_delf(images_root, run_dir, conf: DelfTrainConf = DelfTrainConf()) -> d
     net.backbone.eval()
     params = list(net.attention.parameters()) + list(net.classifier.parameters())
     summary["stage2_steps"] = _run_stage("stage2", stage2, params, data, conf, conf.steps2, conf.lr2, device,
-                                         run_dir, rng, deadline) if conf.steps2 else 0
+                                         run_dir, rng, deadline()) if conf.steps2 else 0
     summary["stage2_after"] = evaluate(stage2, data, conf, device, [net])
     summary["seconds"] = time.monotonic() - t0
     summary["checkpoint"] = str(save_delf_checkpoint(net, conf.arch, run_dir / "delf.pt"))
