@@ -22,6 +22,10 @@ class WeightsNotFoundError(FileNotFoundError):
     """The weights file is neither present locally nor downloadable."""
 
 
+class CheckpointError(ValueError):
+    """A weights file that cannot be read, or whose contents do not fit the model (wrong file or variant)."""
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """An official weights file.

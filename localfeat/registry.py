@@ -32,6 +32,21 @@ def merge_conf(defaults: dict, conf: dict, where: str) -> dict:
     return merged
 
 
+def check_choice(where: str, key: str, value, choices) -> None:
+    """Raise `ConfigError` unless `value` is one of `choices` (the message lists them)."""
+    if value not in choices:
+        raise ConfigError(f"{where}: {key}={value!r} is not one of {sorted(choices, key=str)}")
+
+
+def check_count(where: str, key: str, value, allow_none: bool = True, odd: bool = False) -> None:
+    """Raise `ConfigError` unless `value` is a positive integer (odd if `odd`), or None when `allow_none`."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (odd and value % 2 == 0):
+        kind = "an odd positive integer" if odd else "a positive integer"
+        raise ConfigError(f"{where}: {key} must be {'None or ' if allow_none else ''}{kind}, got {value!r}")
+
+
 def parse_value(text: str) -> Any:
     """Parse a config value given as text on the command line: numbers, booleans, None, lists, strings."""
     import yaml
@@ -126,6 +141,14 @@ class Model:
     def weight_specs(cls, conf: dict) -> list:
         """The `hub.WeightSpec`s this model needs with config `conf` (none by default)."""
         return []
+
+    def check_choice(self, key: str, choices) -> None:
+        """Config value `key` must be one of `choices`."""
+        check_choice(self.name, key, self.conf[key], choices)
+
+    def check_count(self, key: str, allow_none: bool = True, odd: bool = False) -> None:
+        """Config value `key` must be a positive integer (or None = no limit)."""
+        check_count(self.name, key, self.conf[key], allow_none=allow_none, odd=odd)
 
     @property
     def conf_hash(self) -> str:

@@ -132,7 +132,7 @@ def view_command(args) -> Path:
     from .cli import model_conf
     from .io.h5 import FeatureStore, MatchStore
     from .io.images import read_image
-    from .registry import load_extractor, load_matcher, parse_conf_items
+    from .registry import load_extractor, load_matcher
 
     if len(args.images) not in (1, 2):
         raise ValueError(f"view takes one or two images, got {len(args.images)}")

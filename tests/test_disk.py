@@ -10,7 +10,7 @@ import torch
 from conftest import shared
 
 from localfeat import hub
-from localfeat.extractors._statedict import CheckpointError
+from localfeat.hub import CheckpointError
 from localfeat.extractors.disk import DISK, DiskNet
 from localfeat.registry import ConfigError, get_class, load_extractor
 

@@ -6,7 +6,7 @@ import pytest
 from localfeat.cli import main
 from localfeat.io.h5 import FeatureStore
 from localfeat.io.npz import export_npz, import_npz, read_npz, write_npz
-from conftest import REFERENCE, shared
+from conftest import shared
 
 
 def test_reference_r2d2_file_round_trips_bit_exactly(tmp_path):

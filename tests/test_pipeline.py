@@ -1,5 +1,4 @@
 """Batch extraction and matching through files: bad inputs, resume, on-error policy."""
-import shutil
 
 import cv2
 import numpy as np

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import REFERENCE, shared
-from localfeat.extractors._r2d2_nets import CheckpointError, R2D2Net, load_network, parse_net_string
+from localfeat.extractors._r2d2_nets import R2D2Net, load_network, parse_net_string
+from localfeat.hub import CheckpointError
 from localfeat.hub import WeightsNotFoundError
 from localfeat.io.h5 import FeatureStore
 from localfeat.io.npz import export_npz, read_npz, write_npz

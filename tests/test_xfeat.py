@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from localfeat import hub
 from localfeat.cli import main
-from localfeat.extractors._statedict import CheckpointError
+from localfeat.hub import CheckpointError
 from localfeat.extractors.xfeat import XFeatNet, keypoint_heatmap, load_xfeat_weights
 from localfeat.io.h5 import FeatureStore, MatchStore
 from localfeat.matchers.nearest_neighbor import match_nearest_neighbours

@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..io.atomic import atomic_path, write_text_atomic
-from ..io.colmap import (COLMAP_PIXEL_SHIFT, ColmapError, _require_pycolmap, intrinsics_from_colmap,
+from ..io.colmap import (COLMAP_PIXEL_SHIFT, _require_pycolmap, intrinsics_from_colmap,
                          read_colmap_array)
 
 logger = logging.getLogger(__name__)

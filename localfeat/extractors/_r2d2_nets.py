@@ -31,11 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..hub import CheckpointError
+
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is not one of the known R2D2 architectures, or does not fit it."""
 
 
 # Allowed architectures: class name -> {argument: (type, default)}.

@@ -10,13 +10,9 @@ from typing import Sequence
 
 import torch
 
-from ..hub import load_torch_checkpoint
+from ..hub import CheckpointError, load_torch_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A weights file does not hold a state_dict compatible with the model (wrong file or wrong variant)."""
 
 
 def state_dict_from_file(path: str | os.PathLike, entries: Sequence[str] = (),

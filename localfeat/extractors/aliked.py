@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import hub
 from ..ops import image_to_tensor, l2_normalize
-from ..registry import ConfigError
+from ..registry import check_choice
 from ..types import Features
 from ._dkd import detect_keypoints
 from .alike import ConvBlock, ResBlock, conv1x1, conv3x3, upsample
@@ -299,16 +299,14 @@ class ALIKED(Extractor):
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
         variant = conf.get("variant", cls.default_conf["variant"])
-        if variant not in ALIKED_CONFIGS:
-            raise ConfigError(f"aliked: variant={variant!r} is not one of {sorted(ALIKED_CONFIGS)}")
+        check_choice(cls.name, "variant", variant, ALIKED_CONFIGS)
         return [hub.weight_spec(variant)]
 
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
         for key in ("top_k", "n_limit"):
-            if c[key] is not None and (not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1):
-                raise ConfigError(f"aliked: {key} must be None or a positive integer, got {c[key]!r}")
+            self.check_count(key)
         spec = self.weight_specs(c)[0]
         self.net = ALIKEDNet(**ALIKED_CONFIGS[c["variant"]])
         path = hub.find_weights(spec, override=c["weights"])

@@ -75,8 +75,7 @@ class Compose(Extractor):
         # 'none' given on the command line is parsed as None: both mean "not used".
         c["orientation"] = "none" if c["orientation"] is None else c["orientation"]
         c["affine"] = "none" if c["affine"] is None else c["affine"]
-        if c["descriptor"] not in DESCRIPTORS:
-            raise ConfigError(f"compose: descriptor={c['descriptor']!r} is not one of {list(DESCRIPTORS)}")
+        self.check_choice("descriptor", DESCRIPTORS)
         if c["orientation"] not in ("none", "detector", "orinet"):
             raise ConfigError(f"compose: orientation={c['orientation']!r}; use 'none', 'detector' or 'orinet'")
         if c["affine"] not in ("none", "affnet"):

@@ -280,12 +280,9 @@ class D2Net(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        if c["variant"] not in VARIANTS:
-            raise ConfigError(f"d2net: variant must be one of {sorted(VARIANTS)}, got {c['variant']!r}")
-        if c["preprocessing"] not in ("caffe", "torch"):
-            raise ConfigError(f"d2net: preprocessing must be 'caffe' or 'torch', got {c['preprocessing']!r}")
-        if c["max_keypoints"] is not None and (not isinstance(c["max_keypoints"], int) or c["max_keypoints"] < 1):
-            raise ConfigError(f"d2net: max_keypoints must be None or a positive integer, got {c['max_keypoints']!r}")
+        self.check_choice("variant", VARIANTS)
+        self.check_choice("preprocessing", ("caffe", "torch"))
+        self.check_count("max_keypoints")
         path = hub.find_weights(self.weight_specs(c)[0], override=c["weights"])
         self.net = D2NetModel("test", use_relu=bool(c["use_relu"]))
         # The release's checkpoints pickle the training arguments (argparse.Namespace) beside the weights.

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from .. import hub
 from ..ops import argmax_pool_nms, image_to_tensor, l2_normalize
-from ..registry import ConfigError
 from ..types import Features
 from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
@@ -170,12 +169,9 @@ class DISK(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        if c["variant"] not in VARIANTS:
-            raise ConfigError(f"disk: variant must be one of {sorted(VARIANTS)}, got {c['variant']!r}")
-        if c["max_keypoints"] is not None and (not isinstance(c["max_keypoints"], int) or c["max_keypoints"] < 1):
-            raise ConfigError(f"disk: max_keypoints must be None or a positive integer, got {c['max_keypoints']!r}")
-        if not isinstance(c["nms_window"], int) or c["nms_window"] < 1 or c["nms_window"] % 2 == 0:
-            raise ConfigError(f"disk: nms_window must be an odd positive integer, got {c['nms_window']!r}")
+        self.check_choice("variant", VARIANTS)
+        self.check_count("max_keypoints")
+        self.check_count("nms_window", allow_none=False, odd=True)
         spec = self.weight_specs(c)[0]
         path = hub.find_weights(spec, override=c["weights"])
         self.net = DiskNet()

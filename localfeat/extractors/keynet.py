@@ -153,8 +153,7 @@ class KeyNet(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        if c["num_points"] is not None and (not isinstance(c["num_points"], int) or c["num_points"] < 1):
-            raise ConfigError(f"keynet: num_points must be None or a positive integer, got {c['num_points']!r}")
+        self.check_count("num_points")
         if c["nms_size"] % 2 != 1:
             raise ConfigError(f"keynet: nms_size must be odd, got {c['nms_size']!r}")
         self.net = KeyNetNet()

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from .. import hub
 from ..ops import IMAGENET_MEAN, IMAGENET_STD, image_pyramid, image_to_tensor, max_filter_nms, tile_windows, \
     top_k_indices
-from ..registry import ConfigError
+from ..registry import ConfigError, check_choice
 from ..types import Features
-from ._r2d2_nets import CheckpointError, R2D2Net, load_network  # noqa: F401  (CheckpointError re-exported)
+from ._r2d2_nets import load_network
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
@@ -78,19 +78,15 @@ class R2D2(Extractor):
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
         variant = conf.get("variant", cls.default_conf["variant"])
-        if variant not in VARIANTS:
-            raise ConfigError(f"r2d2: variant {variant!r} is not one of {list(VARIANTS)}")
+        check_choice(cls.name, "variant", variant, VARIANTS)
         return [hub.weight_spec(variant)]
 
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
         spec = self.weight_specs(c)[0]
-        if c["precision"] not in PRECISIONS:
-            raise ConfigError(f"r2d2: precision {c['precision']!r} is not one of {list(PRECISIONS)}")
-        if c["top_k"] is not None and (isinstance(c["top_k"], bool) or not isinstance(c["top_k"], int)
-                                       or c["top_k"] < 1):
-            raise ConfigError(f"r2d2: top_k must be None or a positive integer, got {c['top_k']!r}")
+        self.check_choice("precision", PRECISIONS)
+        self.check_count("top_k")
         if c["tile_size"] is not None and (not isinstance(c["tile_size"], int) or c["tile_size"] < 16):
             raise ConfigError(f"r2d2: tile_size must be None or an integer >= 16, got {c['tile_size']!r}")
         if not float(c["scale_f"]) > 1:

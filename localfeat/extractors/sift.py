@@ -29,9 +29,7 @@ class SIFT(Extractor):
 
     def __init__(self, **conf):
         super().__init__(**conf)
-        k = self.conf["max_keypoints"]
-        if k is not None and (not isinstance(k, int) or k < 1):
-            raise ValueError(f"sift: max_keypoints must be None or a positive integer, got {k!r}")
+        self.check_count("max_keypoints")
         self._sift = cv2.SIFT_create(
             nfeatures=0, nOctaveLayers=int(self.conf["n_octave_layers"]),
             contrastThreshold=float(self.conf["contrast_threshold"]),

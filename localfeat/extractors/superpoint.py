@@ -158,11 +158,8 @@ class SuperPoint(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        if c["style"] not in STYLES:
-            raise ConfigError(f"superpoint: style must be one of {list(STYLES)}, got {c['style']!r}")
-        if c["max_keypoints"] is not None and (not isinstance(c["max_keypoints"], int) or c["max_keypoints"] < 1):
-            raise ConfigError(
-                f"superpoint: max_keypoints must be None or a positive integer, got {c['max_keypoints']!r}")
+        self.check_choice("style", STYLES)
+        self.check_count("max_keypoints")
         if not isinstance(c["nms_radius"], int) or c["nms_radius"] < 0:
             raise ConfigError(f"superpoint: nms_radius must be a non-negative integer, got {c['nms_radius']!r}")
         path = hub.find_weights(self.weight_specs(c)[0], override=c["weights"])

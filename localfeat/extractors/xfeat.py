@@ -41,7 +41,7 @@ from .. import hub
 from ..ops import image_to_tensor, l2_normalize, pixel_to_grid, sample_dense, top_k_indices, window_max
 from ..registry import ConfigError
 from ..types import Features
-from ._statedict import CheckpointError, load_strict, state_dict_from_file
+from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
@@ -309,11 +309,8 @@ class XFeat(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        if c["mode"] not in MODES:
-            raise ConfigError(f"xfeat: mode must be one of {list(MODES)}, got {c['mode']!r}")
-        k = c["top_k"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"xfeat: top_k must be None (no limit) or a positive integer, got {k!r}")
+        self.check_choice("mode", MODES)
+        self.check_count("top_k")
         nk = c["nms_kernel"]
         if isinstance(nk, bool) or not isinstance(nk, int) or nk < 1 or nk % 2 == 0:
             raise ConfigError(f"xfeat: nms_kernel must be a positive odd integer, got {nk!r}")

@@ -442,8 +442,7 @@ class LightGlue(Matcher):
         if c["features"] not in FEATURES:
             raise ConfigError(f"lightglue: features={c['features']!r} is not supported; choose one of "
                               f"{sorted(FEATURES)}")
-        if not isinstance(c["n_layers"], int) or c["n_layers"] < 1:
-            raise ConfigError(f"lightglue: n_layers={c['n_layers']!r}, expected a positive integer")
+        self.check_count("n_layers", allow_none=False)
         for key in ("depth_confidence", "width_confidence"):
             value = c[key]
             if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
