@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localfeat.datasets.hpatches import HPatchesSequences  # noqa: E402
 from localfeat.datasets.synth import generate  # noqa: E402

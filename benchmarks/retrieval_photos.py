@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from localfeat.registry import parse_value  # noqa: E402
 from localfeat.retrieval import Retriever, average_precision, build_index, write_json  # noqa: E402

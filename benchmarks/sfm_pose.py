@@ -17,7 +17,6 @@ import zlib  # noqa: F401  (before pycolmap: see localfeat.io.colmap._require_py
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from localfeat.eval.pose import evaluate_pose  # noqa: E402
 from localfeat.registry import parse_model_spec  # noqa: E402

@@ -131,7 +131,7 @@ def view_command(args) -> Path:
     """`localfeat view`: keypoints (one image), matches (two images) or --heatmaps (one image)."""
     from .cli import model_conf
     from .io.h5 import FeatureStore, MatchStore
-    from .io.images import read_image
+    from .io.images import read_image, resize_max
     from .registry import load_extractor, load_matcher
 
     if len(args.images) not in (1, 2):
@@ -148,7 +148,9 @@ def view_command(args) -> Path:
     if args.heatmaps:
         if not hasattr(extractor, "dense_maps"):
             raise ValueError(f"model {args.model!r} has no dense maps to show (--heatmaps)")
-        return save_png(args.output, draw_heatmaps(images[0], extractor.dense_maps(images[0])))
+        # Heatmaps of the image the model sees (honours --resize-max; large images stay fast).
+        shown, _ = resize_max(images[0], extractor.conf.get("resize_max"))
+        return save_png(args.output, draw_heatmaps(shown, extractor.dense_maps(shown)))
     if args.features:
         store = FeatureStore(args.features, mode="r")
         feats = [store.get(store_name(p)) for p in paths]

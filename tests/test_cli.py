@@ -92,3 +92,14 @@ def test_every_verb_help_shows_an_example(capsys):
         with pytest.raises(SystemExit):
             main(verb + ["--help"])
         assert "example:\n  localfeat " in capsys.readouterr().out
+
+
+def test_view_heatmaps_of_r2d2_at_the_resized_size(tmp_path):
+    image = shared("hpatches_subset", "v_dogman", "1.ppm")  # 788 x 522
+    png = tmp_path / "maps.png"
+    assert main(["view", str(image), "--heatmaps", "--model", "r2d2", "--conf", "variant=faster2d2_WASF_N16",
+                 "--resize-max", "200", "-o", str(png)]) == 0
+    picture = read_image(png)
+    # image + reliability + repeatability panels of the 200 x 132 image, 10 px gaps
+    assert picture.shape == (132, 3 * 200 + 2 * 10, 3)
+    assert np.any(picture[:, 210:410] != picture[:, :200])
