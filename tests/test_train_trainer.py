@@ -194,3 +194,14 @@ def test_models_start_from_official_weights():
                                                                  "weights": "official"}})["model"])
     ref_state = hub.load_torch_checkpoint(hub.find_weights(hub.weight_spec("alike-t")))
     assert all(torch.equal(alike.state_dict()[k], v) for k, v in ref_state.items())
+
+
+def test_every_trainable_model_is_known_without_extra_imports():
+    import subprocess
+    import sys
+
+    code = ("from localfeat.train.adapters import get_adapter; "
+            "print(sorted(n for n in ('r2d2', 'alike', 'disk', 'd2net', 'multilevel_attention') "
+            "if get_adapter(n).name == n))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['alike', 'd2net', 'disk', 'multilevel_attention', 'r2d2']"

@@ -48,9 +48,17 @@ def register(adapter: Adapter) -> Adapter:
     return adapter
 
 
+# Adapters defined beside their model's own training code; imported on first use (no import cycle).
+ADAPTER_MODULES = ("localfeat.train.multilevel_attention",)
+
+
 def get_adapter(name: str) -> Adapter:
+    import importlib
+
     from ..registry import model_classes
 
+    for module in ADAPTER_MODULES:
+        importlib.import_module(module)
     if name not in ADAPTERS:
         known = sorted(model_classes("extractor"))
         raise ConfigError(f"model {name!r} cannot be trained: trainable models are {sorted(ADAPTERS)} "
