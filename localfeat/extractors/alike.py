@@ -22,6 +22,7 @@ from ..ops import image_to_tensor, l2_normalize
 from ..registry import check_choice
 from ..types import Features
 from ._dkd import detect_keypoints
+from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
@@ -217,11 +218,7 @@ class ALIKE(Extractor):
         spec = self.weight_specs(c)[0]
         self.net = ALNet(**ALIKE_CONFIGS[c["variant"]])
         path = hub.find_weights(spec, override=c["weights"])
-        state = hub.load_torch_checkpoint(path)
-        try:
-            self.net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"alike: {path} is not a {c['variant']} state dict: {exc}") from exc
+        load_strict(self.net, state_dict_from_file(path), path, f"alike {c['variant']}")
         # channels-last activations: oneDNN's convolutions are ~1.3-1.5x faster on CPU (outputs equal to
         # ~1e-6); the layout is an implementation detail, state dicts are unchanged
         self.net.eval().to(self.device).to(memory_format=torch.channels_last)

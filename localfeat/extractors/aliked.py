@@ -25,6 +25,7 @@ from ..registry import check_choice
 from ..types import Features
 from ._dkd import detect_keypoints
 from .alike import ConvBlock, ResBlock, conv1x1, conv3x3, upsample
+from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
@@ -310,11 +311,7 @@ class ALIKED(Extractor):
         spec = self.weight_specs(c)[0]
         self.net = ALIKEDNet(**ALIKED_CONFIGS[c["variant"]])
         path = hub.find_weights(spec, override=c["weights"])
-        state = hub.load_torch_checkpoint(path)
-        try:
-            self.net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"aliked: {path} is not a {c['variant']} state dict: {exc}") from exc
+        load_strict(self.net, state_dict_from_file(path), path, f"aliked {c['variant']}")
         # channels-last activations: oneDNN's convolutions are ~1.3-1.5x faster on CPU (outputs equal to
         # ~1e-6); the layout is an implementation detail, state dicts are unchanged
         self.net.eval().to(self.device).to(memory_format=torch.channels_last)

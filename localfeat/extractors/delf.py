@@ -163,11 +163,8 @@ class DELF(Extractor):
         c = self.conf
         if not c["scales"] or any(float(s) <= 0 for s in c["scales"]):
             raise ConfigError(f"delf: scales must be a non-empty list of positive numbers, got {c['scales']!r}")
-        k = c["max_keypoints"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"delf: max_keypoints must be None or a positive integer, got {k!r}")
-        if c["arch"] not in IMAGENET_SPECS:
-            raise ConfigError(f"delf: arch must be one of {sorted(IMAGENET_SPECS)}, got {c['arch']!r}")
+        self.check_count("max_keypoints")
+        self.check_choice("arch", IMAGENET_SPECS)
         self.net = DelfNet(c["arch"])
         if c["weights"] is not None:
             load_delf_weights(self.net, c["weights"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -133,11 +133,8 @@ class MultiLevelAttention(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        if c["arch"] not in IMAGENET_SPECS:
-            raise ConfigError(f"multilevel_attention: arch must be one of {sorted(IMAGENET_SPECS)}, got {c['arch']!r}")
-        k = c["max_keypoints"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"multilevel_attention: max_keypoints must be None or a positive integer, got {k!r}")
+        self.check_choice("arch", IMAGENET_SPECS)
+        self.check_count("max_keypoints")
         self.net = MultiLevelAttentionNet(c["arch"], tuple(c["levels"]))
         if c["weights"] is not None:
             sd = hub.load_torch_checkpoint(c["weights"])
