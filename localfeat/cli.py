@@ -145,6 +145,8 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="localfeat", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = add_command(sub, "extract", "extract features of images into an HDF5 FeatureStore",
@@ -224,6 +226,13 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"localfeat: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     from .hub import WeightsNotFoundError
     from .io.h5 import StoreError
     from .io.images import ImageReadError

@@ -103,3 +103,16 @@ def test_view_heatmaps_of_r2d2_at_the_resized_size(tmp_path):
     # image + reliability + repeatability panels of the 200 x 132 image, 10 px gaps
     assert picture.shape == (132, 3 * 200 + 2 * 10, 3)
     assert np.any(picture[:, 210:410] != picture[:, :200])
+
+
+def test_threads_option_sets_torch_threads(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "models"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["--threads", "0", "models"]) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
