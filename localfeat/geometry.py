@@ -152,3 +152,32 @@ def homography_about_centre(image_size, angle_deg: float = 0.0, scale: float = 1
     persp = np.array([[1, 0, 0], [0, 1, 0], [perspective[0], perspective[1], 1]], np.float64)
     H = back @ persp @ rot @ sh @ sc @ to_centre
     return H / H[2, 2]
+
+
+# ------------------------------------------------------------------------------ cameras
+# Poses are cam_from_world (4, 4): X_cam = R X_world + t. Intrinsics K (3, 3) in the localfeat pixel
+# convention (pixel centres at integers; COLMAP's +0.5 is removed at the file boundary).
+def project(points_world: np.ndarray, K: np.ndarray, T_cam_from_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project world points (..., 3): returns pixels (..., 2) and camera depths z (...)."""
+    X = np.asarray(points_world, np.float64)
+    T = np.asarray(T_cam_from_world, np.float64)
+    cam = X @ T[:3, :3].T + T[:3, 3]
+    z = cam[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = (cam @ np.asarray(K, np.float64).T)[..., :2] / z[..., None]
+    return uv, z
+
+
+def unproject(pixels: np.ndarray, depth: np.ndarray, K: np.ndarray, T_cam_from_world: np.ndarray) -> np.ndarray:
+    """Back-project pixels (..., 2) with camera depths z (...) to world points (..., 3)."""
+    uv = np.asarray(pixels, np.float64)
+    z = np.asarray(depth, np.float64)
+    rays = np.concatenate([uv, np.ones_like(uv[..., :1])], -1) @ np.linalg.inv(np.asarray(K, np.float64)).T
+    cam = rays * z[..., None]
+    T = np.asarray(T_cam_from_world, np.float64)
+    return (cam - T[:3, 3]) @ T[:3, :3]  # R^T (X_cam - t)
+
+
+def relative_pose(T0: np.ndarray, T1: np.ndarray) -> np.ndarray:
+    """T_0to1 (4, 4) = T1 inv(T0) from two cam_from_world poses: X_cam1 = T_0to1 X_cam0."""
+    return np.asarray(T1, np.float64) @ np.linalg.inv(np.asarray(T0, np.float64))

@@ -12,8 +12,8 @@ import pytest
 from _sfm_reconstruction import sacre_coeur_dataset, sacre_coeur_sfm
 from conftest import shared
 from localfeat.datasets.colmap_scenes import (ColmapScenes, DatasetError, build_scene, covisibility_pairs,
-                                              merge_datasets, project, relative_pose, splat_sparse_depth,
-                                              unproject)
+                                              merge_datasets, splat_sparse_depth)
+from localfeat.geometry import project, relative_pose, unproject
 from localfeat.io.colmap import write_colmap_array
 
 

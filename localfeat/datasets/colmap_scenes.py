@@ -46,6 +46,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..geometry import project, relative_pose
 from ..io.atomic import atomic_path, write_text_atomic
 from ..io.colmap import (COLMAP_PIXEL_SHIFT, _require_pycolmap, intrinsics_from_colmap,
                          read_colmap_array)
@@ -62,32 +63,6 @@ class DatasetError(ValueError):
 
 
 # ------------------------------------------------------------------------------ geometry
-def project(points_world: np.ndarray, K: np.ndarray, T_cam_from_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project (N, 3) world points: returns pixels (N, 2) (localfeat convention) and depths (N,)."""
-    X = np.asarray(points_world, np.float64)
-    T = np.asarray(T_cam_from_world, np.float64)
-    cam = X @ T[:3, :3].T + T[:3, 3]
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (cam @ np.asarray(K, np.float64).T)[:, :2] / z[:, None]
-    return uv, z
-
-
-def unproject(pixels: np.ndarray, depth: np.ndarray, K: np.ndarray, T_cam_from_world: np.ndarray) -> np.ndarray:
-    """Back-project pixels (N, 2) with depths (N,) (camera Z) to world points (N, 3)."""
-    uv = np.asarray(pixels, np.float64)
-    z = np.asarray(depth, np.float64).reshape(-1)
-    rays = np.c_[uv, np.ones(len(uv))] @ np.linalg.inv(np.asarray(K, np.float64)).T
-    cam = rays * z[:, None]
-    T = np.asarray(T_cam_from_world, np.float64)
-    return (cam - T[:3, 3]) @ T[:3, :3]  # R^T (X_cam - t)
-
-
-def relative_pose(T0: np.ndarray, T1: np.ndarray) -> np.ndarray:
-    """T_0to1 (4, 4) = T1 inv(T0) from two cam_from_world poses: X_cam1 = T_0to1 X_cam0."""
-    return np.asarray(T1, np.float64) @ np.linalg.inv(np.asarray(T0, np.float64))
-
-
 def splat_sparse_depth(points: np.ndarray, depths: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) float32 depth map with each point's depth at its nearest pixel (nearest point wins), else 0."""
     w, h = size

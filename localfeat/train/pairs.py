@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..geometry import homography_about_centre
+from ..geometry import homography_about_centre, project, relative_pose, unproject
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +185,9 @@ def reproject(depth0: np.ndarray, K0: np.ndarray, T0: np.ndarray, K1: np.ndarray
     ys, xs = np.mgrid[0:h0, 0:w0].astype(np.float64)
     z = np.asarray(depth0, np.float64)
     known = np.isfinite(z) & (z > 0)
-    pix = np.stack([xs, ys, np.ones_like(xs)], -1)
-    rays = pix @ np.linalg.inv(K0).T
-    X0 = rays * np.where(known, z, 0)[..., None]
-    T01 = T1 @ np.linalg.inv(T0)
-    X1 = X0 @ T01[:3, :3].T + T01[:3, 3]
-    z1 = X1[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p1 = (X1 @ K1.T)[..., :2] / z1[..., None]
+    # Through view 0's camera frame: the pose of view 1 relative to view 0 (world = camera 0).
+    X0 = unproject(np.stack([xs, ys], -1), np.where(known, z, 0), K0, np.eye(4))
+    p1, z1 = project(X0, K1, relative_pose(T0, T1))
     if depth1 is not None:
         h1, w1 = depth1.shape
     elif size1 is not None:
