@@ -17,13 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import hub
 from ..ops import image_to_tensor, l2_normalize
-from ..registry import check_choice
 from ..types import Features
-from ._dkd import detect_keypoints
-from ._statedict import load_strict, state_dict_from_file
-from .base import Extractor
+from ._dkd import AlikeFamily, detect_keypoints
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +173,7 @@ def pad_to_multiple(image: torch.Tensor, multiple: int = 32) -> torch.Tensor:
     return F.pad(image, (0, pw, 0, ph)) if ph or pw else image
 
 
-class ALIKE(Extractor):
+class ALIKE(AlikeFamily):
     """ALIKE keypoints and descriptors (D = 64, 96, 128, 128 for t, s, n, l), official weights.
 
     Config (names of the original):
@@ -194,6 +190,8 @@ class ALIKE(Extractor):
 
     name = "alike"
     input_mode = "rgb"
+    configs = ALIKE_CONFIGS
+    net_class = ALNet
     default_conf = {
         "variant": "alike-n",
         "weights": None,
@@ -203,26 +201,6 @@ class ALIKE(Extractor):
         "sub_pixel": True,
         "sort": False,
     }
-
-    @classmethod
-    def weight_specs(cls, conf: dict) -> list:
-        variant = conf.get("variant", cls.default_conf["variant"])
-        check_choice(cls.name, "variant", variant, ALIKE_CONFIGS)
-        return [hub.weight_spec(variant)]
-
-    def __init__(self, **conf):
-        super().__init__(**conf)
-        c = self.conf
-        for key in ("top_k", "n_limit"):
-            self.check_count(key)
-        spec = self.weight_specs(c)[0]
-        self.net = ALNet(**ALIKE_CONFIGS[c["variant"]])
-        path = hub.find_weights(spec, override=c["weights"])
-        load_strict(self.net, state_dict_from_file(path), path, f"alike {c['variant']}")
-        # channels-last activations: oneDNN's convolutions are ~1.3-1.5x faster on CPU (outputs equal to
-        # ~1e-6); the layout is an implementation detail, state dicts are unchanged
-        self.net.eval().to(self.device).to(memory_format=torch.channels_last)
-        logger.info("alike: loaded %s (%s)", c["variant"], path)
 
     @torch.inference_mode()
     def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,14 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import hub
 from ..ops import image_to_tensor, l2_normalize
-from ..registry import check_choice
 from ..types import Features
-from ._dkd import detect_keypoints
+from ._dkd import AlikeFamily, detect_keypoints
 from .alike import ConvBlock, ResBlock, conv1x1, conv3x3, upsample
-from ._statedict import load_strict, state_dict_from_file
-from .base import Extractor
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +269,7 @@ def replicate_pad(image: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor
     return (F.pad(image, pad, mode="replicate") if ph or pw else image), pad
 
 
-class ALIKED(Extractor):
+class ALIKED(AlikeFamily):
     """ALIKED keypoints and SDDH descriptors (D = 64 for t16, 128 otherwise), official weights.
 
     Config (names of the original):
@@ -288,6 +284,8 @@ class ALIKED(Extractor):
 
     name = "aliked"
     input_mode = "rgb"
+    configs = ALIKED_CONFIGS
+    net_class = ALIKEDNet
     default_conf = {
         "variant": "aliked-n16",
         "weights": None,
@@ -296,26 +294,6 @@ class ALIKED(Extractor):
         "n_limit": 5000,
         "sort": False,
     }
-
-    @classmethod
-    def weight_specs(cls, conf: dict) -> list:
-        variant = conf.get("variant", cls.default_conf["variant"])
-        check_choice(cls.name, "variant", variant, ALIKED_CONFIGS)
-        return [hub.weight_spec(variant)]
-
-    def __init__(self, **conf):
-        super().__init__(**conf)
-        c = self.conf
-        for key in ("top_k", "n_limit"):
-            self.check_count(key)
-        spec = self.weight_specs(c)[0]
-        self.net = ALIKEDNet(**ALIKED_CONFIGS[c["variant"]])
-        path = hub.find_weights(spec, override=c["weights"])
-        load_strict(self.net, state_dict_from_file(path), path, f"aliked {c['variant']}")
-        # channels-last activations: oneDNN's convolutions are ~1.3-1.5x faster on CPU (outputs equal to
-        # ~1e-6); the layout is an implementation detail, state dicts are unchanged
-        self.net.eval().to(self.device).to(memory_format=torch.channels_last)
-        logger.info("aliked: loaded %s (%s)", c["variant"], path)
 
     @torch.inference_mode()
     def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
