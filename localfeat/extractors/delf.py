@@ -119,6 +119,21 @@ def load_backbone_weights(net: DelfNet, path) -> None:
     net.backbone.load_state_dict(kept, strict=True)
 
 
+def backbone_weight_specs(conf: dict) -> list:
+    """The torchvision ImageNet file named by `backbone_weights='imagenet'`, else nothing (any ResNet model)."""
+    if conf.get("backbone_weights") == "imagenet":
+        return [hub.weight_spec(IMAGENET_SPECS[conf.get("arch", "resnet50")])]
+    return []
+
+
+def load_backbone_from_conf(net, conf: dict) -> None:
+    """Load `conf['backbone_weights']` (a path, or 'imagenet' = the official torchvision file) into net.backbone."""
+    path = conf["backbone_weights"]
+    if path == "imagenet":
+        path = hub.find_weights(backbone_weight_specs(conf)[0])
+    load_backbone_weights(net, path)
+
+
 class DELF(Extractor):
     """DeLF keypoints and descriptors (see the module docstring).
 
@@ -154,9 +169,7 @@ class DELF(Extractor):
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
-        if conf.get("backbone_weights") == "imagenet":
-            return [hub.weight_spec(IMAGENET_SPECS[conf.get("arch", "resnet50")])]
-        return []
+        return backbone_weight_specs(conf)
 
     def __init__(self, **conf):
         super().__init__(**conf)
@@ -169,10 +182,7 @@ class DELF(Extractor):
         if c["weights"] is not None:
             load_delf_weights(self.net, c["weights"])
         elif c["backbone_weights"] is not None:
-            path = c["backbone_weights"]
-            if path == "imagenet":
-                path = hub.find_weights(hub.weight_spec(IMAGENET_SPECS[c["arch"]]))
-            load_backbone_weights(self.net, path)
+            load_backbone_from_conf(self.net, c)
         if c["weights"] is None:
             logger.warning("delf: no DeLF weights given (weights=None): the attention head is untrained%s",
                            "" if c["backbone_weights"] else " and so is the backbone")

@@ -35,7 +35,7 @@ from ..registry import ConfigError
 from ..types import Features
 from ._resnet import LAYER_NAMES, LAYER_STRIDES, ResNet, truncate
 from .base import Extractor
-from .delf import IMAGENET_SPECS
+from .delf import IMAGENET_SPECS, backbone_weight_specs, load_backbone_from_conf
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ class MultiLevelAttention(Extractor):
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
-        if conf.get("backbone_weights") == "imagenet":
-            return [hub.weight_spec(IMAGENET_SPECS[conf.get("arch", "resnet50")])]
-        return []
+        return backbone_weight_specs(conf)
 
     def __init__(self, **conf):
         super().__init__(**conf)
@@ -146,12 +144,7 @@ class MultiLevelAttention(Extractor):
                 raise ValueError(f"{c['weights']} does not fit multilevel_attention arch={c['arch']} "
                                  f"levels={c['levels']}: {str(exc)[:300]}") from exc
         elif c["backbone_weights"] is not None:
-            from .delf import load_backbone_weights
-
-            path = c["backbone_weights"]
-            if path == "imagenet":
-                path = hub.find_weights(hub.weight_spec(IMAGENET_SPECS[c["arch"]]))
-            load_backbone_weights(self.net, path)
+            load_backbone_from_conf(self.net, c)
         else:
             logger.warning("multilevel_attention: no weights given: the network is randomly initialised")
         self.net = self.net.eval().to(self.device)
