@@ -33,7 +33,7 @@ def shared(*parts) -> Path:
     return path
 
 
-def test_weights(name: str) -> Path:
+def fetched_weights(name: str) -> Path:
     """An official file fetched by `make weights` into TEST_WEIGHTS; fails (never skips) when absent."""
     path = TEST_WEIGHTS / name
     if not path.is_file():
