@@ -1,4 +1,4 @@
-"""The data contract: `Features` of one image and `Matches` of one pair.
+"""The data contract: `Features` of one image, `Matches` of one pair, `PairMatches` of a detector-free matcher.
 
 Coordinates are x to the right, y down, in pixels of the ORIGINAL image, the
 centre of the top-left pixel being (0, 0). Validation happens on construction so
@@ -33,6 +33,16 @@ def _as_array(name: str, value, dtype, shape: tuple, shape_text: str, finite: bo
         bad = int((~np.isfinite(arr)).sum())
         raise ContractError(f"{name} holds {bad} non-finite value(s) (NaN or inf)")
     return arr
+
+
+def normalize_rows_if_needed(desc: np.ndarray, tol: float = 1e-5) -> np.ndarray:
+    """float32 descriptors (N, D) with unit rows, for descriptors read from other tools' files:
+    unchanged (bit for bit) when every row norm is already within `tol` of 1."""
+    desc = np.asarray(desc, np.float32)
+    norms = np.linalg.norm(desc.astype(np.float64), axis=1, keepdims=True)
+    if desc.size == 0 or np.all(np.abs(norms - 1) <= tol):
+        return desc
+    return (desc / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 @dataclass
@@ -81,6 +91,11 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.keypoints)
+
+    def __repr__(self) -> str:
+        optional = "".join(f", {name}" for name in ("scales", "orientations") if getattr(self, name) is not None)
+        return (f"Features({len(self)} keypoints, descriptors {self.descriptors.shape[1]}-D "
+                f"{self.descriptors.dtype}, image_size={self.image_size}{optional})")
 
     @property
     def dim(self) -> int:
@@ -150,6 +165,10 @@ class Matches:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __repr__(self) -> str:
+        mean = f", mean score {float(self.scores.mean()):.3g}" if len(self) else ""
+        return f"Matches({len(self)} matches{mean})"
+
     def check_against(self, features0: Features, features1: Features) -> "Matches":
         """Raise when an index is out of range for the keypoints it points into; return self."""
         for col, feats in enumerate((features0, features1)):
@@ -164,3 +183,59 @@ class Matches:
 
     def to_dict(self) -> dict:
         return {"indices": self.indices, "scores": self.scores}
+
+
+@dataclass
+class PairMatches:
+    """Correspondences of a detector-free matcher (LoFTR family, XFeat*) between two images.
+
+    keypoints0:  float32 (M, 2), (x, y) in original pixels of image 0, pixel-centre origin.
+    keypoints1:  float32 (M, 2), the matching points of image 1, same convention; row m matches row m.
+    scores:      float32 (M,), match confidence, higher is better.
+    image_size0, image_size1: optional (W, H) of the original images.
+
+    For files and SfM, `localfeat.dense.quantize_pair_matches` turns them into per-image keypoints and
+    `Matches` (indices) on a pixel grid, so that tracks form across pairs.
+    """
+
+    keypoints0: np.ndarray
+    keypoints1: np.ndarray
+    scores: np.ndarray = field(default=None)
+    image_size0: Optional[tuple] = None
+    image_size1: Optional[tuple] = None
+
+    def __post_init__(self):
+        self.keypoints0 = _as_array("keypoints0", self.keypoints0, np.float32, (None, 2), "(M, 2)")
+        m = len(self.keypoints0)
+        self.keypoints1 = _as_array("keypoints1", self.keypoints1, np.float32, (m, 2), f"(M, 2) with M={m}")
+        if self.scores is None:
+            self.scores = np.ones(m, np.float32)
+        self.scores = _as_array("scores", self.scores, np.float32, (m,), f"(M,) with M={m}")
+        for name in ("image_size0", "image_size1"):
+            size = getattr(self, name)
+            if size is None:
+                continue
+            if len(size) != 2 or int(size[0]) <= 0 or int(size[1]) <= 0:
+                raise ContractError(f"{name} is {size!r}, expected positive (W, H)")
+            setattr(self, name, (int(size[0]), int(size[1])))
+
+    def __len__(self) -> int:
+        return len(self.keypoints0)
+
+    def select(self, index) -> "PairMatches":
+        """A new `PairMatches` holding the rows `index` (boolean mask or integer indices)."""
+        return PairMatches(self.keypoints0[index], self.keypoints1[index], self.scores[index],
+                           self.image_size0, self.image_size1)
+
+    def to_dict(self) -> dict:
+        """Arrays by name; image sizes as int64 (W, H) when known."""
+        out = {"keypoints0": self.keypoints0, "keypoints1": self.keypoints1, "scores": self.scores}
+        for name in ("image_size0", "image_size1"):
+            if getattr(self, name) is not None:
+                out[name] = np.asarray(getattr(self, name), dtype=np.int64)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PairMatches":
+        sizes = {k: tuple(np.asarray(data[k]).tolist()) for k in ("image_size0", "image_size1") if k in data}
+        return cls(data["keypoints0"], data["keypoints1"], data.get("scores"), **sizes)
