@@ -26,7 +26,8 @@ def merge_nested(defaults: dict, conf: Optional[dict], where: str, path: str = "
     """`defaults` deep-updated with `conf` (the originals' nested, lower-case config dict).
 
     A key absent from `defaults` raises `ConfigError` naming the valid keys at that level; lists and
-    tuples replace the default whole.
+    tuples replace the default whole; an empty dict in `defaults` (a training-only section such as `loss`)
+    takes any dict.
     """
     out = copy.deepcopy(defaults)
     for key, value in (conf or {}).items():
@@ -35,7 +36,8 @@ def merge_nested(defaults: dict, conf: Optional[dict], where: str, path: str = "
         if isinstance(defaults[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: config[{path + key!r}] must be a dict, got {value!r}")
-            out[key] = merge_nested(defaults[key], value, where, path + key + ".")
+            out[key] = (copy.deepcopy(value) if not defaults[key]
+                        else merge_nested(defaults[key], value, where, path + key + "."))
         else:
             out[key] = copy.deepcopy(value)
     return out
