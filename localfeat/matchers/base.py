@@ -1,9 +1,13 @@
-"""Base class of every matcher: two `Features` in, `Matches` out."""
+"""Base classes of the matchers: `Matcher` (two `Features` in, `Matches` out) and `DetectorFreeMatcher`
+(two images in, `PairMatches` out)."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..config import Model
+from ..io.images import as_image_array, map_keypoints_to_original, resize_max
 from ..ops import resolve_device
-from ..types import Features, Matches
+from ..types import Features, Matches, PairMatches
 
 
 class Matcher(Model):
