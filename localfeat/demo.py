@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .datasets.photos import bundled_photo_dir
 from .io.atomic import write_text_atomic
 from .io.images import read_image
 from .io.h5 import FeatureStore, MatchStore
@@ -24,18 +25,6 @@ logger = logging.getLogger(__name__)
 
 # The homography of the synthetic pair: rotate 20 degrees, scale 0.8, mild perspective.
 DEMO_HOMOGRAPHY = np.array([[0.75, -0.27, 120.0], [0.27, 0.75, 20.0], [1e-4, 5e-5, 1.0]])
-
-
-def bundled_photo_dir() -> Path:
-    """Folder of the photos bundled with scikit-image (< 0.26)."""
-    import skimage
-
-    folder = Path(skimage.__file__).parent / "data"
-    if not (folder / "astronaut.png").exists():
-        raise FileNotFoundError(
-            f"scikit-image's bundled photos are not in {folder}; install scikit-image<0.26 "
-            "(later releases download them on demand)")
-    return folder
 
 
 def prepare_demo_images(out_dir: Path) -> Path:

@@ -33,7 +33,7 @@ def _fixed(points: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(points, np.float64) * (1 << _SUBPIXEL)).astype(np.int64)
 
 
-def _colormap(values: np.ndarray) -> np.ndarray:
+def score_colors(values: np.ndarray) -> np.ndarray:
     """(M,) values -> (M, 3) uint8 RGB colours (turbo), min..max scaled."""
     v = np.asarray(values, np.float64)
     if v.size == 0:
@@ -83,7 +83,7 @@ def draw_matches(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarray,
             raise ValueError(f"inlier mask has {len(inliers)} entries for {len(indices)} matches")
         colors = np.where(inliers[:, None], np.array(GREEN, np.uint8), np.array(RED, np.uint8))
     elif scores is not None and len(scores) == len(indices):
-        colors = _colormap(scores)
+        colors = score_colors(scores)
     else:
         colors = np.tile(np.array([[0, 200, 255]], np.uint8), (len(indices), 1))
     keep = np.arange(len(indices))
@@ -119,52 +119,3 @@ def draw_heatmaps(image: np.ndarray, maps: dict, alpha: float = 0.6) -> np.ndarr
     for p in panels[1:]:
         row += [gap, p]
     return np.concatenate(row, axis=1)
-
-
-def _load_inliers(path: str) -> np.ndarray:
-    if path.endswith(".npy"):
-        return np.load(path).astype(bool)
-    return np.loadtxt(path).astype(bool).reshape(-1)
-
-
-def view_command(args) -> Path:
-    """`localfeat view`: keypoints (one image), matches (two images) or --heatmaps (one image)."""
-    from .cli import model_conf
-    from .io.h5 import FeatureStore, MatchStore
-    from .io.images import read_image, resize_max
-    from .registry import load_extractor, load_matcher
-
-    if len(args.images) not in (1, 2):
-        raise ValueError(f"view takes one or two images, got {len(args.images)}")
-    paths = [Path(p) for p in args.images]
-    images = [read_image(p) for p in paths]
-
-    def store_name(path: Path) -> str:
-        return path.relative_to(args.root).as_posix() if args.root else path.name
-
-    extractor = None
-    if args.heatmaps or not args.features:
-        extractor = load_extractor(args.model, **model_conf(args))
-    if args.heatmaps:
-        if not hasattr(extractor, "dense_maps"):
-            raise ValueError(f"model {args.model!r} has no dense maps to show (--heatmaps)")
-        # Heatmaps of the image the model sees (honours --resize-max; large images stay fast).
-        shown, _ = resize_max(images[0], extractor.conf.get("resize_max"))
-        return save_png(args.output, draw_heatmaps(shown, extractor.dense_maps(shown)))
-    if args.features:
-        store = FeatureStore(args.features, mode="r")
-        feats = [store.get(store_name(p)) for p in paths]
-    else:
-        feats = [extractor.extract(img) for img in images]
-    if len(paths) == 1:
-        f = feats[0]
-        colors = _colormap(f.scores) if len(f) else None
-        return save_png(args.output, draw_keypoints(images[0], f.keypoints, colors))
-    if args.matches:
-        matches = MatchStore(args.matches, mode="r").get(store_name(paths[0]), store_name(paths[1]))
-    else:
-        matches = load_matcher(args.matcher).match(feats[0], feats[1])
-    inliers = _load_inliers(args.inliers) if args.inliers else None
-    picture = draw_matches(images[0], images[1], feats[0].keypoints, feats[1].keypoints, matches.indices,
-                           inliers=inliers, scores=matches.scores, max_lines=args.max_lines)
-    return save_png(args.output, picture)

@@ -84,12 +84,12 @@ def test_no_void_every_pixel_of_image_k_comes_from_the_photo(synth):
     root, _ = synth
     info = json.loads((root / "synth.json").read_text())
     data = HPatchesSequences(root)
-    from localfeat.datasets.synth import default_photo_dir
+    from localfeat.datasets.photos import bundled_photo_dir
     from localfeat.io.images import read_image
 
     for seq in ("v_astronaut", "v_coffee"):
         rec = info["sequences"][seq]
-        photo = read_image(default_photo_dir() / rec["photo"])
+        photo = read_image(bundled_photo_dir() / rec["photo"])
         factor = 200 / 0.7 / max(photo.shape[:2])
         pw, ph = round(photo.shape[1] * factor), round(photo.shape[0] * factor)
         ox, oy = rec["crop_offset"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..geometry import homography_about_centre, warp_points
 from ..io.atomic import atomic_path, write_text_atomic
+from .photos import bundled_photo_dir
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +64,10 @@ class SynthConfig:
     jpeg_quality: int = 30
 
 
-def default_photo_dir() -> Path:
-    """The folder of the photos bundled with scikit-image."""
-    from ..demo import bundled_photo_dir
-
-    return bundled_photo_dir()
-
-
 def list_photos(photos: Optional[str | Path] = None) -> list[Path]:
     """Photos to build sequences from: the bundled scikit-image ones, or every image of a folder (sorted)."""
     if photos is None:
-        folder = default_photo_dir()
+        folder = bundled_photo_dir()
         return [folder / name for name in SKIMAGE_PHOTOS if (folder / name).exists()]
     from ..io.images import list_images
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import Model
 from ..io.images import as_image_array, map_keypoints_to_original, resize_max
 from ..ops import resolve_device
-from ..registry import Model
 from ..types import Features
 
 

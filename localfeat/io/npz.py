@@ -15,20 +15,11 @@ from typing import Iterable, Optional
 import cv2
 import numpy as np
 
-from ..types import Features
+from ..types import Features, normalize_rows_if_needed
 from .atomic import atomic_path
 from .h5 import FeatureStore
 
 logger = logging.getLogger(__name__)
-
-
-def normalize_rows_if_needed(desc: np.ndarray, tol: float = 1e-5) -> np.ndarray:
-    """float32 descriptors with unit rows: unchanged (bit for bit) when already within `tol` of 1."""
-    desc = np.asarray(desc, np.float32)
-    norms = np.linalg.norm(desc.astype(np.float64), axis=1, keepdims=True)
-    if desc.size == 0 or np.all(np.abs(norms - 1) <= tol):
-        return desc
-    return (desc / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def features_to_npz_arrays(features: Features) -> dict:

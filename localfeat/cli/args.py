@@ -1,0 +1,87 @@
+"""Argument helpers shared by every verb: sub-commands with examples, model and matcher specs, pairs.
+
+One model-spec syntax everywhere: ``NAME`` or ``NAME:key=value,key=value`` (as `eval hpatches
+--model aliked:variant=aliked-n16,max_keypoints=2048`); verbs that take a single model also accept
+``--conf key=value ...``, merged into the spec's config (a key given both ways is an error).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_command(subparsers, name: str, help: str, example: str, func) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with an example."""
+    parser = subparsers.add_parser(name, help=help, description=help,
+                                   epilog=f"example:\n  {example}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_model_args(parser, default_model: str = "sift") -> None:
+    """--model SPEC, --conf KEY=VALUE..., --resize-max N (read back with `model_spec`)."""
+    parser.add_argument("--model", default=default_model, metavar="SPEC",
+                        help="registered extractor as NAME or NAME:key=value,... (see `localfeat models`)")
+    parser.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model config, e.g. --conf max_keypoints=2048 rootsift=true")
+    parser.add_argument("--resize-max", type=int, default=None,
+                        help="downscale images so that max(H, W) <= N before extraction")
+
+
+def _merge_spec(option: str, spec: str, items, extra_option: str) -> tuple[str, dict]:
+    from ..config import ConfigError, parse_conf_items, parse_model_spec
+
+    name, conf = parse_model_spec(spec)
+    extra = parse_conf_items(items)
+    both = sorted(set(conf) & set(extra))
+    if both:
+        raise ConfigError(f"{option} {spec!r} and {extra_option} both set {both}: give each key once")
+    conf.update(extra)
+    return name, conf
+
+
+def model_spec(args) -> tuple[str, dict]:
+    """(extractor name, config) from --model SPEC, --conf and --resize-max."""
+    name, conf = _merge_spec("--model", args.model, args.conf, "--conf")
+    if getattr(args, "resize_max", None) is not None:
+        conf["resize_max"] = args.resize_max
+    return name, conf
+
+
+def add_matcher_args(parser, conf_option: str = "--matcher-conf", conf_help: str = "matcher config") -> None:
+    """--matcher SPEC and its config option (`--conf` for `match`, `--matcher-conf` elsewhere)."""
+    parser.add_argument("--matcher", default="nearest_neighbor", metavar="SPEC",
+                        help="registered matcher as NAME or NAME:key=value,...")
+    if conf_option:
+        parser.add_argument(conf_option, nargs="*", default=None, metavar="KEY=VALUE", help=conf_help)
+
+
+def matcher_spec(args, conf_attr: str = "matcher_conf") -> tuple[str, dict | None]:
+    """(matcher name, config); the config is None when neither the spec nor the option gives one
+    (callers then use the model's default, e.g. a ratio test for SIFT)."""
+    items = getattr(args, conf_attr, None)
+    option = "--" + conf_attr.replace("_", "-")
+    name, conf = _merge_spec("--matcher", args.matcher, items, option)
+    if items is None and ":" not in args.matcher:
+        return name, None
+    return name, conf
+
+
+def add_pair_args(parser) -> None:
+    """--exhaustive | --sequential K | --pairs FILE (read back with `resolve_pairs`)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--exhaustive", action="store_true", help="every pair of images")
+    group.add_argument("--sequential", type=int, metavar="K", help="each image with the next K")
+    group.add_argument("--pairs", metavar="FILE", help="text file, one `name0 name1` per line")
+
+
+def resolve_pairs(args, names_from) -> list:
+    """The pairs chosen by `add_pair_args`; `names_from()` lists the image names when needed."""
+    from ..pairs import exhaustive_pairs, read_pairs, sequential_pairs
+
+    if args.pairs:
+        return read_pairs(args.pairs)
+    names = names_from()
+    if args.sequential:
+        return sequential_pairs(names, args.sequential)
+    return exhaustive_pairs(names)

@@ -1,0 +1,145 @@
+"""Verbs `extract`, `match`, `view` and `models`: the pipeline's files in, files out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .args import add_command, add_matcher_args, add_model_args, add_pair_args, matcher_spec, model_spec, \
+    resolve_pairs
+
+
+def cmd_extract(args) -> int:
+    from ..pipeline import extract
+
+    name, conf = model_spec(args)
+    report = extract(args.images, args.output, model=name, conf=conf, on_error=args.on_error,
+                     overwrite=args.overwrite)
+    print(f"extract -> {args.output}: {report.summary()}")
+    return 1 if report.failed and args.on_error == "fail" else 0
+
+
+def cmd_match(args) -> int:
+    from ..io.h5 import FeatureStore
+    from ..pipeline import match
+
+    name, conf = matcher_spec(args, conf_attr="conf")
+    pairs = resolve_pairs(args, lambda: FeatureStore(args.features, mode="r").names())
+    report = match(args.features, args.output, pairs, matcher=name, conf=conf or {}, overwrite=args.overwrite)
+    print(f"match -> {args.output}: {report.summary()}")
+    return 0
+
+
+def _load_inliers(path: str) -> np.ndarray:
+    """A boolean mask (M,) from a .npy file or a text file of 0/1 values."""
+    if path.endswith(".npy"):
+        return np.load(path).astype(bool)
+    return np.loadtxt(path).astype(bool).reshape(-1)
+
+
+def view(args) -> Path:
+    """Keypoints (one image), matches (two images) or --heatmaps (one image) as a PNG; returns its path."""
+    from ..io.h5 import FeatureStore, MatchStore
+    from ..io.images import read_image, resize_max
+    from ..registry import load_extractor, load_matcher
+    from ..viz import score_colors, draw_heatmaps, draw_keypoints, draw_matches, save_png
+
+    if len(args.images) not in (1, 2):
+        raise ValueError(f"view takes one or two images, got {len(args.images)}")
+    paths = [Path(p) for p in args.images]
+    images = [read_image(p) for p in paths]
+
+    def store_name(path: Path) -> str:
+        return path.relative_to(args.root).as_posix() if args.root else path.name
+
+    extractor = None
+    if args.heatmaps or not args.features:
+        name, conf = model_spec(args)
+        extractor = load_extractor(name, **conf)
+    if args.heatmaps:
+        if not hasattr(extractor, "dense_maps"):
+            raise ValueError(f"model {args.model!r} has no dense maps to show (--heatmaps)")
+        # Heatmaps of the image the model sees (honours --resize-max; large images stay fast).
+        shown, _ = resize_max(images[0], extractor.conf.get("resize_max"))
+        return save_png(args.output, draw_heatmaps(shown, extractor.dense_maps(shown)))
+    if args.features:
+        store = FeatureStore(args.features, mode="r")
+        feats = [store.get(store_name(p)) for p in paths]
+    else:
+        feats = [extractor.extract(img) for img in images]
+    if len(paths) == 1:
+        f = feats[0]
+        colors = score_colors(f.scores) if len(f) else None
+        return save_png(args.output, draw_keypoints(images[0], f.keypoints, colors))
+    if args.matches:
+        matches = MatchStore(args.matches, mode="r").get(store_name(paths[0]), store_name(paths[1]),
+                                                        num_keypoints=(len(feats[0]), len(feats[1])))
+    else:
+        name, conf = matcher_spec(args, conf_attr="matcher_conf")
+        matches = load_matcher(name, **(conf or {})).match(feats[0], feats[1])
+    inliers = _load_inliers(args.inliers) if args.inliers else None
+    picture = draw_matches(images[0], images[1], feats[0].keypoints, feats[1].keypoints, matches.indices,
+                           inliers=inliers, scores=matches.scores, max_lines=args.max_lines)
+    return save_png(args.output, picture)
+
+
+def cmd_view(args) -> int:
+    print(f"wrote {view(args)}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from ..hub import status
+    from ..registry import model_classes
+
+    for kind in ("extractor", "matcher"):
+        print(f"{kind}s:")
+        for name, cls in model_classes(kind).items():
+            defaults = cls.all_defaults()
+            print(f"  {name}")
+            print("    config: " + ", ".join(f"{k}={v!r}" for k, v in defaults.items()))
+            try:
+                specs = cls.weight_specs(defaults)
+            except Exception as exc:  # a model's spec table should never break the listing
+                specs, note = [], f"unknown ({exc})"
+            else:
+                note = "not needed" if not specs else "; ".join(status(s) for s in specs)
+            print(f"    weights: {note}")
+    return 0
+
+
+def register(sub, groups) -> None:
+    p = add_command(sub, "extract", "extract features of images into an HDF5 FeatureStore",
+                    "localfeat extract photos/ -o features.h5 --model sift --conf max_keypoints=4096", cmd_extract)
+    p.add_argument("images", help="a folder (recursive), a glob in quotes, or a text file listing images")
+    p.add_argument("-o", "--output", required=True, help="features.h5 to write (resumed if it exists)")
+    add_model_args(p)
+    p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
+                   help="bad image: skip it and report at the end (default), or stop")
+    p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
+
+    p = add_command(sub, "match", "match image pairs of a FeatureStore into an HDF5 MatchStore",
+                    "localfeat match features.h5 -o matches.h5 --exhaustive --conf ratio=0.8", cmd_match)
+    p.add_argument("features", help="features.h5")
+    p.add_argument("-o", "--output", required=True, help="matches.h5 to write (resumed if it exists)")
+    add_pair_args(p)
+    add_matcher_args(p, conf_option="--conf")
+    p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
+
+    p = add_command(sub, "view", "draw keypoints of one image, or matches of two, as a PNG",
+                    "localfeat view a.jpg b.jpg --features features.h5 --matches matches.h5 -o pair.png",
+                    cmd_view)
+    p.add_argument("images", nargs="+", help="one image (keypoints/heatmaps) or two (matches)")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument("--features", help="features.h5; without it, features are extracted with --model")
+    p.add_argument("--matches", help="matches.h5 (two images); without it, images are matched with --matcher")
+    p.add_argument("--root", default=None, help="image root the store names are relative to "
+                   "(default: the folder of each image)")
+    add_model_args(p)
+    add_matcher_args(p)
+    p.add_argument("--inliers", metavar="FILE", help="npy/txt boolean mask (M,) colouring inliers green, outliers red")
+    p.add_argument("--heatmaps", action="store_true", help="draw the model's dense score maps over the image")
+    p.add_argument("--max-lines", type=int, default=None, help="draw at most N matches")
+
+    add_command(sub, "models", "list registered extractors and matchers, defaults and weights status",
+                "localfeat models", cmd_models)
