@@ -57,7 +57,8 @@ def run_demo(out_dir: Path) -> dict:
     fstore, mstore = FeatureStore(features, mode="r"), MatchStore(matches, mode="r")
     summary = {}
     for a, b in pairs:
-        f0, f1, m = fstore.get(a), fstore.get(b), mstore.get(a, b)
+        f0, f1 = fstore.get(a), fstore.get(b)
+        m = mstore.get(a, b, num_keypoints=(len(f0), len(f1)))
         p0, p1 = f0.keypoints[m.indices[:, 0]], f1.keypoints[m.indices[:, 1]]
         if b == "astronaut_warped.png":  # ground truth known: correct = reprojection error <= 3 px
             proj = cv2.perspectiveTransform(p0[None].astype(np.float64), DEMO_HOMOGRAPHY)[0]

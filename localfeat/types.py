@@ -156,6 +156,8 @@ class Matches:
             raise ContractError(f"indices has dtype {idx.dtype}, expected integers (stored as int64)")
         if idx.size and idx.min() < 0:
             raise ContractError("indices holds negative values; unmatched points are simply absent")
+        if idx.size and idx.dtype == np.uint64 and idx.max() > np.iinfo(np.int64).max:  # would wrap to < 0
+            raise ContractError(f"indices holds {int(idx.max())}, beyond int64: not a keypoint index")
         self.indices = np.ascontiguousarray(idx, dtype=np.int64)
         m = len(self.indices)
         if self.scores is None:
@@ -169,13 +171,17 @@ class Matches:
         mean = f", mean score {float(self.scores.mean()):.3g}" if len(self) else ""
         return f"Matches({len(self)} matches{mean})"
 
-    def check_against(self, features0: Features, features1: Features) -> "Matches":
-        """Raise when an index is out of range for the keypoints it points into; return self."""
+    def check_against(self, features0: Features | int, features1: Features | int) -> "Matches":
+        """Raise when an index is out of range for the keypoints it points into; return self.
+
+        features0, features1: the two images' `Features`, or their keypoint counts N0, N1.
+        """
         for col, feats in enumerate((features0, features1)):
-            if len(self) and self.indices[:, col].max() >= len(feats):
+            count = int(feats) if isinstance(feats, (int, np.integer)) else len(feats)
+            if len(self) and self.indices[:, col].max() >= count:
                 raise ContractError(
                     f"indices[:, {col}] reaches {int(self.indices[:, col].max())} but image {col} "
-                    f"has only {len(feats)} keypoints")
+                    f"has only {count} keypoints")
         return self
 
     def select(self, index) -> "Matches":

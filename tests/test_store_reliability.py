@@ -69,3 +69,199 @@ def test_concurrent_writers_lose_nothing(tmp_path, writers, overlap):
             found = []
             f.visititems(lambda key, obj: found.append(key) if key.endswith("/keypoints") else None)
             assert sorted(k[: -len("/keypoints")] for k in found) == expected
+
+
+# ------------------------------------------------------------------------------------------- disk full
+FILLER = textwrap.dedent("""
+    import resource, signal, sys
+    import numpy as np
+    from localfeat.io.h5 import MatchStore
+    from localfeat.types import Matches
+    path, limit = sys.argv[1], int(sys.argv[2])
+    # A file-size limit makes every write past `limit` bytes fail (EFBIG), like a full disk (ENOSPC) does;
+    # HDF5 writing its own file there crashes the interpreter (exit 139), which is what this guards.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    idx = np.arange(8000).reshape(-1, 2)
+    try:
+        with MatchStore(path, "a", flush_every=8) as store:
+            for i in range(400):
+                store.put(f"new{i}", "b", Matches(idx, np.full(len(idx), i, np.float32)))
+    except OSError as exc:
+        print("ERROR", exc.errno, exc)
+        sys.exit(1)
+""")
+
+
+@pytest.mark.parametrize("headroom", [2_000, 40_000, 300_000])
+def test_full_disk_is_a_clean_error_and_keeps_the_old_file(tmp_path, headroom):
+    path = tmp_path / "matches.h5"
+    old = {f"old{i}": Matches(np.array([[i, i + 1], [i + 2, i]]), np.array([0.5, 0.25])) for i in range(10)}
+    with MatchStore(path, "w") as store:
+        for name, m in old.items():
+            store.put(name, "b", m)
+    limit = path.stat().st_size + headroom
+    proc = subprocess.run([sys.executable, "-c", FILLER, str(path), str(limit)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # not -11 / 139
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"ERROR {errno.EFBIG} ") and str(path) in line and "rerun" in line
+    assert "Traceback" not in proc.stderr
+    store = MatchStore(path, "r")  # the previous file opens, with every old entry intact
+    for name, m in old.items():
+        got = store.get(name, "b")
+        assert np.array_equal(got.indices, m.indices) and np.array_equal(got.scores, m.scores)
+    for a, b in store.pairs():  # whatever was finished before the disk filled is whole
+        if a.startswith("new"):
+            got = store.get(a, b)
+            assert got.indices.shape == (4000, 2) and np.all(got.scores == float(a[3:]))
+
+
+def test_full_disk_during_merge_leaves_the_main_file_alone(tmp_path, monkeypatch):
+    path = tmp_path / "features.h5"
+    with FeatureStore(path, "w") as store:
+        store.put("a", features_for("a"))
+    before = path.read_bytes()
+    store = FeatureStore(path, "a")
+    store.put("b", features_for("b"))
+    store.flush()
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(OSError, match="cannot merge the journal into it: No space left on device") as info:
+        store.consolidate()
+    assert info.value.errno == errno.ENOSPC and str(path) in str(info.value)
+    assert path.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no half-written copy left
+    monkeypatch.undo()
+    reopened = FeatureStore(path, "a")  # nothing lost: "b" waits in the journal, and merges once there is room
+    assert reopened.names() == ["a", "b"]
+    reopened.close()
+    assert FeatureStore(path, "r").get("b").equals(features_for("b"))
+    assert not path.with_name("features.h5.journal").exists()
+
+
+# ----------------------------------------------------------------------------------- malformed stores
+def _foreign_entry(path, name="a.jpg", **datasets):
+    with h5py.File(path, "w") as f:
+        g = f.create_group(name)
+        for key, value in datasets.items():
+            if isinstance(value, tuple):  # a declared shape, no data
+                g.create_dataset(key, shape=value, dtype="f4")
+            else:
+                g[key] = value
+
+
+def test_malformed_feature_entries_name_file_entry_and_dataset(tmp_path):
+    f = features_for("x")
+    cases = {
+        "no_desc": (dict(keypoints=f.keypoints, image_size=np.array([64, 48])),
+                    "entry 'a.jpg' has no dataset 'descriptors'"),
+        "scalar_kpts": (dict(keypoints=np.float32(3), descriptors=f.descriptors, image_size=np.array([64, 48])),
+                        "entry 'a.jpg' is malformed"),
+        "bad_shape": (dict(keypoints=np.zeros((6, 3), np.float32), descriptors=f.descriptors,
+                           image_size=np.array([64, 48])), "keypoints has shape \\(6, 3\\), expected \\(N, 2\\)"),
+        "huge": (dict(keypoints=(2_000_000_000, 2), descriptors=f.descriptors, image_size=np.array([64, 48])),
+                 "dataset 'keypoints' declares shape \\(2000000000, 2\\) \\(15258.8 MiB\\) but the file holds"),
+        "strings": (dict(keypoints=np.array([b"ab", b"cd"]), descriptors=f.descriptors,
+                         image_size=np.array([64, 48])), "dataset 'keypoints' has dtype"),
+    }
+    for label, (datasets, message) in cases.items():
+        path = tmp_path / f"{label}.h5"
+        _foreign_entry(path, **datasets)
+        assert path.stat().st_size < 20_000  # the "huge" case declares 15 GiB in a few KB
+        with pytest.raises(StoreError, match=message) as info:
+            FeatureStore(path, "r").get("a.jpg")
+        assert str(path) in str(info.value), label
+
+
+def test_dangling_links_are_store_errors(tmp_path):
+    path = tmp_path / "links.h5"
+    f = features_for("x")
+    _foreign_entry(path, keypoints=f.keypoints, image_size=np.array([64, 48]))
+    with h5py.File(path, "a") as h:
+        h["a.jpg/descriptors"] = h5py.SoftLink("/nowhere")
+        h["a.jpg/scores"] = h5py.ExternalLink(str(tmp_path / "absent.h5"), "/x")
+    with pytest.raises(StoreError, match=f"{path}: entry 'a.jpg', dataset '(descriptors|scores)' cannot be opened"):
+        FeatureStore(path, "r").get("a.jpg")
+
+
+def test_every_flipped_byte_in_stored_data_is_reported(tmp_path):
+    path = tmp_path / "features.h5"
+    feats = features_for("a.jpg", n=10)
+    with FeatureStore(path, "w") as store:
+        store.put("a.jpg", feats)
+    with h5py.File(path, "r") as h:
+        offsets = {}
+        for name in ("keypoints", "descriptors", "scores"):
+            info = h["a.jpg"][name].id.get_chunk_info(0)
+            offsets[name] = (info.byte_offset, info.size)
+    data = bytearray(path.read_bytes())
+    flips = 0
+    for name, (start, size) in offsets.items():
+        for pos in range(start, start + size, 3):  # every third byte of the data and its checksum
+            data[pos] ^= 0xFF
+            path.write_bytes(data)
+            with pytest.raises(StoreError, match=f"dataset '{name}' cannot be read \\(checksum mismatch"):
+                FeatureStore(path, "r").get("a.jpg")
+            data[pos] ^= 0xFF
+            flips += 1
+    assert flips > 100
+    path.write_bytes(data)
+    assert FeatureStore(path, "r").get("a.jpg").equals(feats)
+
+
+# ------------------------------------------------------------------------------------- match indices
+def test_out_of_range_and_overflowing_match_indices_are_refused(tmp_path):
+    path = tmp_path / "matches.h5"
+    with MatchStore(path, "w") as store:
+        store.put("a.jpg", "b.jpg", Matches(np.array([[0, 1], [5, 1_000_000]]), np.array([0.5, 0.5])))
+    store = MatchStore(path, "r")
+    assert store.get("a.jpg", "b.jpg").indices[1, 1] == 1_000_000  # without counts: read as stored
+    with pytest.raises(StoreError, match=f"{path}: entry 'a.jpg/b.jpg' is malformed: indices\\[:, 1\\] reaches "
+                                         "1000000 but image 1 has only 6 keypoints"):
+        store.get("a.jpg", "b.jpg", num_keypoints=(6, 6))
+    with pytest.raises(StoreError, match="indices\\[:, 0\\] reaches 1000000 but image 0 has only 6"):
+        store.get("b.jpg", "a.jpg", num_keypoints=(6, 6))  # the reverse pair, swapped
+    with pytest.raises(ContractError, match="indices holds 18446744073709551615, beyond int64"):
+        Matches(np.array([[0, 2**64 - 1]], np.uint64))
+
+
+def test_export_colmap_refuses_indices_beyond_the_keypoints(tmp_path):
+    pytest.importorskip("pycolmap")
+    from localfeat.io.colmap import export_colmap
+
+    feats, matches = tmp_path / "features.h5", tmp_path / "matches.h5"
+    with FeatureStore(feats, "w") as store:
+        for name in ("a.jpg", "b.jpg"):
+            store.put(name, features_for(name))
+    with MatchStore(matches, "w") as store:
+        store.put("a.jpg", "b.jpg", Matches(np.array([[0, 1], [2, 1_000_000]])))
+    with pytest.raises(StoreError, match="entry 'a.jpg/b.jpg' is malformed: indices\\[:, 1\\] reaches 1000000"):
+        export_colmap(feats, matches, tmp_path / "db.db")
+    assert not (tmp_path / "db.db").exists()
+
+
+# ------------------------------------------------------------------------------------------ hloc N == D
+def test_hloc_file_with_as_many_keypoints_as_dimensions(tmp_path):
+    feats = features_for("a.jpg", n=16, d=16)
+    path = tmp_path / "hloc.h5"
+    with h5py.File(path, "w") as h:  # what hloc's extract_features writes
+        g = h.create_group("a.jpg")
+        g["keypoints"] = feats.keypoints
+        g["scores"] = feats.scores
+        g["descriptors"] = feats.descriptors.T  # (D, N)
+        g["image_size"] = np.array(feats.image_size)
+    got = FeatureStore(path, "r").get("a.jpg")
+    assert np.array_equal(got.descriptors, feats.descriptors)  # transposed back, though N == D
+
+    other = tmp_path / "unknown.h5"  # another tool, square descriptors, no hloc marker: refused, not guessed
+    with h5py.File(other, "w") as h:
+        g = h.create_group("a.jpg")
+        g["keypoints"] = feats.keypoints
+        g["descriptors"] = feats.descriptors
+        g.attrs["image_size"] = np.array(feats.image_size)
+    with pytest.raises(StoreError, match="descriptors are 16 x 16 for 16 keypoints, so their layout"):
+        FeatureStore(other, "r").get("a.jpg")

@@ -232,6 +232,7 @@ def export_colmap(features: str | os.PathLike | FeatureStore, matches: Optional[
         raise ColmapError(f"--images {root}: not a folder")
 
     image_ids: dict[str, int] = {}
+    num_keypoints: dict[str, int] = {}
     with atomic_path(database) as tmp:
         tmp.unlink()  # let COLMAP create a fresh database at the temporary path
         db = pycolmap.Database.open(str(tmp))
@@ -267,15 +268,17 @@ def export_colmap(features: str | os.PathLike | FeatureStore, matches: Optional[
                 db.write_frame(frame)
                 db.write_keypoints(image_id, to_colmap_keypoints(feats.keypoints))
                 image_ids[name] = image_id
+                num_keypoints[name] = len(feats)
             if mstore is not None:
-                _write_matches(pycolmap, db, mstore, image_ids, pairs, min_match_score, verified)
+                _write_matches(pycolmap, db, mstore, image_ids, num_keypoints, pairs, min_match_score, verified)
         finally:
             db.close()
     logger.info("wrote %d images to %s", len(image_ids), database)
     return image_ids
 
 
-def _write_matches(pycolmap, db, mstore: MatchStore, image_ids: dict, pairs, min_match_score, verified) -> int:
+def _write_matches(pycolmap, db, mstore: MatchStore, image_ids: dict, num_keypoints: dict, pairs,
+                   min_match_score, verified) -> int:
     if pairs is None:
         pairs = mstore.pairs()
     done: set = set()
@@ -288,7 +291,8 @@ def _write_matches(pycolmap, db, mstore: MatchStore, image_ids: dict, pairs, min
         if id0 == id1 or key in done:
             continue
         done.add(key)
-        m = mstore.get(name0, name1)
+        # An index beyond the keypoints would be written into the database as it is: refuse it.
+        m = mstore.get(name0, name1, num_keypoints=(num_keypoints[name0], num_keypoints[name1]))
         idx = m.indices
         if min_match_score is not None:
             idx = idx[m.scores >= min_match_score]

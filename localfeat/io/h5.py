@@ -518,8 +518,14 @@ class FeatureStore(_H5Store):
             n = len(arrays["keypoints"])
             if layout == "hloc":
                 desc = desc.T
-            elif layout == "foreign" and desc.ndim == 2 and desc.shape[0] != n and desc.shape[1] == n:
-                desc = desc.T  # hloc stores (D, N)
+            elif layout == "foreign" and desc.ndim == 2 and desc.shape[1] == n:
+                # hloc stores (D, N), and `image_size` as a dataset: that tells its layout apart when N == D.
+                if n and desc.shape[0] == n and "image_size" not in arrays:
+                    raise StoreError(
+                        f"{self.path}: entry {name!r}: descriptors are {n} x {n} for {n} keypoints, so their "
+                        "layout ((N, D) or hloc's (D, N)) cannot be told from the shape, and the file carries no "
+                        "hloc marker (an `image_size` dataset); re-export it with localfeat or hloc")
+                desc = desc.T
             if "image_size" in attrs:
                 size = attrs["image_size"]
             elif "image_size" in arrays:
@@ -564,7 +570,12 @@ class MatchStore(_H5Store):
     def has_pair(self, name0: str, name1: str) -> bool:
         return self.has_key(pair_key(name0, name1))
 
-    def get(self, name0: str, name1: str) -> Matches:
+    def get(self, name0: str, name1: str, num_keypoints: Optional[tuple[int, int]] = None) -> Matches:
+        """Matches of (name0, name1) (or of the stored reverse pair, swapped).
+
+        num_keypoints: (N0, N1), the keypoint counts of the two images; with it, an index out of range
+        raises `StoreError` naming the file and pair (every reader that indexes keypoints passes it).
+        """
         key, swapped = pair_key(name0, name1), False
         if not self.has_key(key) and self.has_key(pair_key(name1, name0)):
             key, swapped = pair_key(name1, name0), True
@@ -580,6 +591,8 @@ class MatchStore(_H5Store):
             if swapped:
                 order = np.argsort(matches.indices[:, 1], kind="stable")
                 matches = Matches(matches.indices[order][:, ::-1], matches.scores[order])
+            if num_keypoints is not None:
+                matches.check_against(*num_keypoints)
             return matches
         return self._read_group(key, reader)
 
@@ -591,14 +604,21 @@ class MatchStore(_H5Store):
                 attrs = self._buffer[key][1]
                 out.append((attrs["name0"], attrs["name1"]))
                 continue
-            source = self._journal_index.get(key, self.path)
-            with h5py.File(source, "r") as f:
-                attrs = f[key].attrs
-                if "name0" in attrs:
-                    out.append((str(attrs["name0"]), str(attrs["name1"])))
-                else:
-                    out.append(tuple(key.split("/", 1)))
+            try:
+                names = self._pair_names(self._journal_index.get(key, self.path), key)
+            except FileNotFoundError:  # the chunk was merged by another writer meanwhile
+                self._scan()
+                names = self._pair_names(self._journal_index.get(key, self.path), key)
+            out.append(names)
         return out
+
+    @staticmethod
+    def _pair_names(source: Path, key: str) -> tuple[str, str]:
+        with h5py.File(source, "r") as f:
+            attrs = f[key].attrs
+            if "name0" in attrs:
+                return str(attrs["name0"]), str(attrs["name1"])
+        return tuple(key.split("/", 1))
 
 
 def import_imb_features(folder: str | os.PathLike, store: FeatureStore) -> int:
