@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import cv2
 from tqdm import tqdm
 
 from .io.h5 import FeatureStore, MatchStore
-from .io.images import ImageReadError, list_images, read_image
-from .registry import load_extractor, load_matcher
+from .io.images import ImageReadError, list_images, name_images, read_image
+from .pairs import read_pairs
+from .registry import get_class, load_extractor
 from .types import ContractError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,31 @@ class RunReport:
         for name, message in self.failed:
             text += f"\n  failed: {name}: {message}"
         return text
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `extract` / `match`: what was done so far is saved in `output` (the store is closed
+    cleanly), and rerunning the same call resumes. `report` says what was done."""
+
+    def __init__(self, report: RunReport, output):
+        super().__init__(f"interrupted: {report.summary()}")
+        self.report, self.output = report, output
+
+
+def image_items(images, root=None) -> list[tuple[str, Path]]:
+    """(name, path) of every image of IMAGES: a folder, a glob, a list file, one image, a list of paths,
+    or a list of (name, path) tuples (names kept). Names follow `localfeat.io.images.name_images`."""
+    if isinstance(images, (str, os.PathLike)):
+        base, names = list_images(images, root)
+        return [(name, base / name) for name in names]
+    images = list(images)
+    if images and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in images):
+        return [(str(n), Path(p)) for n, p in images]
+    if all(isinstance(i, (str, os.PathLike)) for i in images):
+        base, names = name_images(images, root)
+        return [(name, base / name) for name in names]
+    raise TypeError("images must be a folder, a glob, a list file, a list of image paths or a list of "
+                    f"(name, path) tuples; got a list holding {type(images[0]).__name__}")
 
 
 def prefetch(pool: ThreadPoolExecutor, func, items, depth: int = 2):
@@ -62,27 +89,28 @@ def _progress(iterable, total, desc):
 
 def extract(images: Union[str, os.PathLike, Sequence], output: Union[str, os.PathLike],
             model: str = "sift", conf: Optional[dict] = None, on_error: str = "skip",
-            overwrite: bool = False, extractor=None) -> RunReport:
+            overwrite: bool = False, extractor=None, root: Union[str, os.PathLike, None] = None,
+            layout: Optional[str] = None) -> RunReport:
     """Extract features of IMAGES into the FeatureStore `output`.
 
-    images:   a folder (recursive), a glob, a text file listing images, or a list of
-              (name, path) tuples.
+    images:   a folder (recursive), a glob, a text file listing images, a list of image paths, or a
+              list of (name, path) tuples. Image names are paths relative to `root` (default: the folder,
+              the list file's folder, or the deepest folder holding every image; see `name_images`).
     conf:     the model's config (strict); `resize_max` is one of its keys.
     on_error: 'skip' (report at the end, keep going) or 'fail' (stop at the first bad image;
               what was written stays).
+    layout:   None (the file's own; "localfeat" for a new file) or "hloc": descriptors stored (D, N) and
+              `image_size` as a dataset, as hloc's readers expect (`localfeat.io.h5.LAYOUTS`).
+    Ctrl-C raises `RunInterrupted` after saving what was done (rerun to resume).
     """
     if on_error not in ("skip", "fail"):
         raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
-    if isinstance(images, (str, os.PathLike)):
-        root, names = list_images(images)
-        items = [(name, root / name) for name in names]
-    else:
-        items = [(str(n), Path(p)) for n, p in images]
+    items = image_items(images, root)
     if extractor is None:
         extractor = load_extractor(model, **(conf or {}))
     report = RunReport()
     with FeatureStore(output, mode="w" if overwrite else "a", model=extractor.name,
-                      conf=extractor.conf, conf_hash=extractor.conf_hash) as store:
+                      conf=extractor.conf, conf_hash=extractor.conf_hash, layout=layout) as store:
         todo = []
         for name, path in items:
             (report.skipped if name in store else todo).append((name, path))
@@ -96,34 +124,50 @@ def extract(images: Union[str, os.PathLike, Sequence], output: Union[str, os.Pat
                 return name, None, str(exc)
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            # Decode ahead: the next images are read while the model works on this one.
-            for name, image, error in _progress(prefetch(pool, load, todo), len(todo), "extract"):
-                if error is None:
-                    try:
-                        store.put(name, extractor.extract(image))
-                        report.done.append(name)
-                        continue
-                    except (ContractError, ValueError, RuntimeError) as exc:
-                        error = f"{type(exc).__name__}: {exc}"
-                report.failed.append((name, error))
-                logger.warning("skipping %s: %s", name, error)
-                if on_error == "fail":
-                    raise ImageReadError(f"{name}: {error}")
+            try:
+                # Decode ahead: the next images are read while the model works on this one.
+                for name, image, error in _progress(prefetch(pool, load, todo), len(todo), "extract"):
+                    if error is None:
+                        try:
+                            store.put(name, extractor.extract(image))
+                            report.done.append(name)
+                            continue
+                        except (ContractError, ValueError, RuntimeError, MemoryError, cv2.error) as exc:
+                            # cv2.error / MemoryError: e.g. an image too large for the model's buffers
+                            error = f"{type(exc).__name__}: {getattr(exc, 'err', None) or exc}"
+                    report.failed.append((name, error))
+                    logger.warning("skipping %s: %s", name, error)
+                    if on_error == "fail":
+                        raise ImageReadError(f"{name}: {error}")
+            except KeyboardInterrupt as exc:  # the store's __exit__ saves what was done
+                raise RunInterrupted(report, output) from exc
     return report
 
 
 def match(features: Union[str, os.PathLike], output: Union[str, os.PathLike],
-          pairs: Sequence[tuple[str, str]], matcher: str = "nearest_neighbor",
-          conf: Optional[dict] = None, overwrite: bool = False, features1: Optional[str] = None) -> RunReport:
+          pairs: Union[str, os.PathLike, Sequence[tuple[str, str]]], matcher: str = "nearest_neighbor",
+          conf: Optional[dict] = None, overwrite: bool = False, features1: Optional[str] = None,
+          layout: Optional[str] = None) -> RunReport:
     """Match `pairs` of images of the FeatureStore `features` into the MatchStore `output`.
 
+    pairs:     a list of (name0, name1), or a pairs file (`localfeat.pairs.read_pairs`; hloc's files work).
+    matcher:   a registered matcher name; settings that depend on the extractor come from the model
+               recorded in the store unless `conf` sets them (lightglue on ALIKED features loads ALIKED's
+               LightGlue weights; see `Matcher.conf_for_features`).
+    features1: an optional second FeatureStore holding the second image of each pair.
+    layout:    None, "localfeat" or "hloc" (`matches0` / `matching_scores0`, as hloc's readers expect).
     A pair naming an image absent from the features is reported as failed, the others go on.
-    `features1`: an optional second FeatureStore holding the second image of each pair.
+    Ctrl-C raises `RunInterrupted` after saving what was done (rerun to resume).
     """
-    matcher_obj = load_matcher(matcher, **(conf or {}))
-    report = RunReport()
+    if isinstance(pairs, (str, os.PathLike)):
+        pairs = read_pairs(pairs)
+    pairs = [(str(a), str(b)) for a, b in pairs]
     feats0 = FeatureStore(features, mode="r")
     feats1 = FeatureStore(features1, mode="r") if features1 else feats0
+    identity = feats0.stored_identity()
+    matcher_cls = get_class("matcher", matcher)
+    matcher_obj = matcher_cls(**matcher_cls.conf_for_features(conf or {}, identity[0] if identity else None))
+    report = RunReport()
     cache: dict = {}
 
     def get(store, name):
@@ -134,15 +178,19 @@ def match(features: Union[str, os.PathLike], output: Union[str, os.PathLike],
             cache[key] = store.get(name)
         return cache[key]
 
-    with MatchStore(output, mode="w" if overwrite else "a") as store:
+    with MatchStore(output, mode="w" if overwrite else "a", layout=layout) as store:
         todo = []
         for a, b in pairs:
             (report.skipped if store.has_pair(a, b) else todo).append((a, b))
-        for a, b in _progress(todo, len(todo), "match"):
-            missing = [n for n, s in ((a, feats0), (b, feats1)) if n not in s]
-            if missing:
-                report.failed.append((f"{a} {b}", f"no features for {missing}"))
-                continue
-            store.put(a, b, matcher_obj.match(get(feats0, a), get(feats1, b)))
-            report.done.append(f"{a} {b}")
+        try:
+            for a, b in _progress(todo, len(todo), "match"):
+                missing = [n for n, s in ((a, feats0), (b, feats1)) if n not in s]
+                if missing:
+                    report.failed.append((f"{a} {b}", f"no features for {missing}"))
+                    continue
+                f0 = get(feats0, a)
+                store.put(a, b, matcher_obj.match(f0, get(feats1, b)), num_keypoints0=len(f0))
+                report.done.append(f"{a} {b}")
+        except KeyboardInterrupt as exc:  # the store's __exit__ saves what was done
+            raise RunInterrupted(report, output) from exc
     return report
