@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from localfeat import Features, load_matcher
-from localfeat.matchers.lightglue import FEATURES, LightGlueNet
+from localfeat.matchers.lightglue import LightGlueNet, paired_features
 
 
 def make_pair(n: int, dim: int, seed: int) -> tuple[Features, Features]:
@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="example:\n  python benchmarks/bench_lightglue.py --sizes 512 1024")
-    parser.add_argument("--features", default="superpoint", choices=sorted(FEATURES))
+    parser.add_argument("--features", default="superpoint", choices=sorted(paired_features()))
     parser.add_argument("--weights", default=None, help="official state_dict (default: random weights)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
@@ -76,7 +76,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    dim = FEATURES[args.features][1]
+    dim = paired_features()[args.features]["input_dim"]
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights

@@ -1,16 +1,20 @@
-"""Reading official checkpoints into our modules: unwrap the entry that holds the state_dict, load strictly.
+"""Loading weight files into networks: the one path every model uses (`load_weights`).
 
-Shared by the DISK, SuperPoint and D2-Net extractors (private to the extractors package).
+`load_weights(net, spec, override, model=...)` finds the file (`hub.find_weights`: lookup, download,
+sha256 check), reads its state_dict (`state_dict_from_file`: weights_only, the entry that holds it),
+applies the model's explicit key conversion if any, and loads it strictly (`load_strict`: an error
+naming the file and the key/shape differences). See the pattern in the docstring of `localfeat.hub`.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..hub import CheckpointError, load_torch_checkpoint
+from .hub import CheckpointError, WeightSpec, find_weights, load_torch_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +61,24 @@ def load_strict(module: torch.nn.Module, state_dict: dict, path, model_name: str
         raise CheckpointError(f"{path}: not compatible with {model_name} ({'; '.join(details)}); "
                               "check the file and the model's variant/config")
     module.load_state_dict(state_dict, strict=True)
+
+
+def load_weights(net: torch.nn.Module, spec: WeightSpec, override: Optional[str | os.PathLike] = None, *,
+                 model: str, entries: Sequence[str] = (), allowed_globals: Sequence = (),
+                 convert: Optional[Callable[[dict, Path], dict]] = None) -> Path:
+    """Load the official file of `spec` (or `override`, a path) into `net` strictly; `net` ends in eval mode.
+
+    model:    the name used in messages ('DISK', 'lightglue disk', ...).
+    entries / allowed_globals: see `state_dict_from_file`.
+    convert:  (state_dict, path) -> state_dict, the model's explicit handling of an official file's
+              renamed or extra keys (it must raise `CheckpointError` on what it does not expect).
+    Returns the path of the file loaded.
+    """
+    path = find_weights(spec, override=override)
+    state = state_dict_from_file(path, entries=entries, allowed_globals=allowed_globals)
+    if convert is not None:
+        state = convert(state, path)
+    load_strict(net, state, path, model)
+    net.eval()
+    logger.info("%s: loaded %s", model, path)
+    return path

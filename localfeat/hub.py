@@ -1,9 +1,47 @@
-"""Weights: where official files are looked for, downloaded, checked and loaded.
+"""Weights: where official files are looked for, downloaded, verified. No model's table lives here.
 
-Lookup order for a file name: the directories in the environment variable
-``LOCALFEAT_WEIGHTS`` (``os.pathsep``-separated), then the user cache
-(``LOCALFEAT_CACHE`` or ``~/.cache/localfeat/weights``), then a download from the
-spec's URLs with a sha256 check. A config key ``weights=PATH`` bypasses all of it.
+A model is one file, and that file declares its weights (the pattern every model follows; the
+worked example is docs/adding_a_model.md):
+
+    # localfeat/extractors/mymodel.py
+    from .. import hub
+    from ..checkpoints import load_weights
+
+    WEIGHTS = {   # config value that selects the file (variant, arch, ...) -> the official file
+        "v1": hub.WeightSpec("mymodel-v1.pth", urls=("https://.../mymodel-v1.pth",),
+                             sha256="<64 hex digits of the released file>", licence="MIT"),
+    }
+
+    class MyModel(Extractor):
+        name = "mymodel"
+        default_conf = {"variant": "v1", "weights": None, "max_keypoints": None}
+
+        @classmethod
+        def weight_specs(cls, conf):          # what `localfeat models` lists and checks
+            return [WEIGHTS[conf.get("variant", "v1")]]
+
+        def __init__(self, **conf):
+            super().__init__(**conf)
+            self.check_choice("variant", WEIGHTS)
+            self.net = MyNet()
+            self.weights_path = load_weights(self.net, WEIGHTS[self.conf["variant"]], self.conf["weights"],
+                                             model="mymodel")
+            self.net.to(self.device)
+
+- `sha256` is the digest of the released file, pinned only when it was established on the file
+  itself (else None: the file is then used with a warning that says it is unverified).
+- `load_weights` (localfeat.checkpoints) is the one loading path: lookup here, then a strict load;
+  renamed or extra keys of an official file are handled by an explicit `convert` function, never
+  by `strict=False`.
+- An extractor that has trained LightGlue weights declares them as a class attribute
+  ``lightglue = {"weights": WeightSpec(...), "input_dim": D}``; the `lightglue` matcher reads its
+  per-feature table from there (`features=<extractor name>`).
+
+Lookup order for a file name: the directories in the environment variable ``LOCALFEAT_WEIGHTS``
+(``os.pathsep``-separated), then the user cache (``LOCALFEAT_CACHE`` or
+``~/.cache/localfeat/weights``), then a download from the spec's URLs. A file found or downloaded
+is checked against the pinned sha256 (`WeightsHashError` names the file, the expected and the
+actual digest). A config key ``weights=PATH`` bypasses lookup and hash (any compatible file).
 """
 from __future__ import annotations
 
@@ -20,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 class WeightsNotFoundError(FileNotFoundError):
     """The weights file is neither present locally nor downloadable."""
+
+
+class WeightsHashError(ValueError):
+    """A weights file whose sha256 differs from the pinned digest of the official release."""
 
 
 class CheckpointError(ValueError):
@@ -56,11 +98,43 @@ def search_dirs() -> list[Path]:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of the file `path` (read in chunks of `chunk` bytes)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# (resolved path, size, mtime_ns) -> sha256: a file is hashed once per process unless it changes.
+_DIGESTS: dict = {}
+_UNPINNED_WARNED: set = set()
+
+
+def verify(spec: WeightSpec, path: str | os.PathLike) -> None:
+    """Check the file `path` against `spec.sha256`.
+
+    Raises `WeightsHashError` naming the file, the expected and the actual digest when they differ
+    (a tampered, truncated or different file). When the spec has no pinned digest, logs a warning
+    (once per file name and process) that the file is used unverified.
+    """
+    path = Path(path)
+    if spec.sha256 is None:
+        if spec.filename not in _UNPINNED_WARNED:
+            _UNPINNED_WARNED.add(spec.filename)
+            logger.warning("%s: no sha256 is pinned for this official file (not established), so %s is used "
+                           "UNVERIFIED", spec.filename, path)
+        return
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    got = _DIGESTS[key]
+    if got != spec.sha256:
+        raise WeightsHashError(
+            f"{path}: sha256 {got} does not match the official {spec.filename} (expected {spec.sha256}); "
+            "the file is damaged, truncated or a different file: delete it and download it again from "
+            f"{' or '.join(spec.urls) or 'its release'}, or pass weights=PATH to use it anyway")
 
 
 def locate(spec: WeightSpec) -> Optional[Path]:
@@ -73,8 +147,12 @@ def locate(spec: WeightSpec) -> Optional[Path]:
 
 
 def status(spec: WeightSpec) -> str:
+    """One line for listings: where the file is (or that it is missing), its licence, whether its hash is pinned."""
     path = locate(spec)
-    return f"found: {path}" if path else f"missing: {spec.filename}"
+    where = f"found: {path}" if path else f"missing: {spec.filename}"
+    pinned = "sha256 pinned" if spec.sha256 else "sha256 NOT pinned"
+    nc = ", non-commercial" if spec.non_commercial else ""
+    return f"{where} (licence {spec.licence}{nc}; {pinned})"
 
 
 _NOTICED: set = set()
@@ -121,7 +199,10 @@ def find_weights(spec: WeightSpec, override: Optional[str | os.PathLike] = None,
                  download: bool = True) -> Path:
     """Path of the weights file for `spec` (see module docstring for the lookup order).
 
-    Raises `WeightsNotFoundError` naming the file, its URL(s) and where to put it.
+    A file found locally is checked against `spec.sha256` (`verify`); a download is checked before it
+    lands. `override` is returned as is (no hash: any compatible file may be passed).
+    Raises `WeightsNotFoundError` naming the file, its URL(s) and where to put it, and
+    `WeightsHashError` when a local file differs from the pinned digest.
     """
     if override is not None:
         path = Path(override).expanduser()
@@ -148,6 +229,7 @@ def find_weights(spec: WeightSpec, override: Optional[str | os.PathLike] = None,
         raise WeightsNotFoundError(
             f"weights file {spec.filename!r} not found. Download it from {urls} and put it in one of: "
             f"{dirs} (set LOCALFEAT_WEIGHTS to add a directory), or pass weights=PATH.{failures}")
+    verify(spec, path)
     notice_licence(spec)
     return path
 
@@ -169,166 +251,3 @@ def load_torch_checkpoint(path: str | os.PathLike, allowed_globals: Sequence = (
     except Exception as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
 
-
-
-# The weights table: every official file a registered model can load, by a short key.
-# Each model adds its entries in a block of its own, above the end marker.
-WEIGHTS: dict[str, WeightSpec] = {
-    # --- LightGlue matcher (cvg/LightGlue release v0.1_arxiv; Apache-2.0). sha256: not published by the
-    # release and the files were not available offline to hash. torch.hub caches them as
-    # <name>_v0-1_arxiv.pth; localfeat.matchers.lightglue also looks for that name.
-    "lightglue_superpoint": WeightSpec(
-        "superpoint_lightglue.pth",
-        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/superpoint_lightglue.pth",),
-        None, "Apache-2.0", False),
-    "lightglue_disk": WeightSpec(
-        "disk_lightglue.pth",
-        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/disk_lightglue.pth",),
-        None, "Apache-2.0", False),
-    "lightglue_aliked": WeightSpec(
-        "aliked_lightglue.pth",
-        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",),
-        None, "Apache-2.0", False),
-    # --- DISK, SuperPoint, D2-Net extractors (issue 6). sha256: none is published by the releases and
-    # the files are not available offline to hash, so None (the download is not hash-checked).
-    # DISK: cvlab-epfl/disk repo root (Apache-2.0); the URLs kornia and LightGlue download from.
-    "disk_depth": WeightSpec(
-        "depth-save.pth",
-        ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",),
-        None, "Apache-2.0", False),
-    "disk_epipolar": WeightSpec(
-        "epipolar-save.pth",
-        ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/epipolar-save.pth",),
-        None, "Apache-2.0", False),
-    # SuperPoint: Magic Leap academic/non-profit NON-COMMERCIAL licence; never packaged.
-    "superpoint_v1": WeightSpec(
-        "superpoint_v1.pth",
-        ("https://github.com/magicleap/SuperPointPretrainedNetwork/raw/master/superpoint_v1.pth",
-         "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/superpoint_v1.pth"),
-        None, "Magic Leap SuperPoint licence (academic or non-profit non-commercial research use only)", True),
-    # D2-Net: mihaidusmanu/d2-net README wget lines (Clear BSD).
-    "d2net_tf": WeightSpec(
-        "d2_tf.pth", ("https://dusmanu.com/files/d2-net/d2_tf.pth",), None, "Clear BSD", False),
-    "d2net_tf_no_phototourism": WeightSpec(
-        "d2_tf_no_phototourism.pth", ("https://dusmanu.com/files/d2-net/d2_tf_no_phototourism.pth",),
-        None, "Clear BSD", False),
-    # --- ALIKE (Shiaoming/ALIKE, models/ at commit 4e61fc7; BSD-3-Clause) and ALIKED (Shiaoming/ALIKED,
-    # models/ at commit 683d7c6; BSD-3-Clause). sha256 computed on the official files. aliked-t16 and
-    # aliked-n32 are not in that commit (no offline copy): URL as LightGlue's loader uses it, hash unknown.
-    "alike-t": WeightSpec("alike-t.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-t.pth",),
-                          "c0840329a6b88518d914b03af2be956f5607055a389ba17441db02bb94f7d12e", "BSD-3-Clause", False),
-    "alike-s": WeightSpec("alike-s.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-s.pth",),
-                          "a9c0789ff0a09f576cc24afe4924d3233471499d1ce3b0248d650c8794e99a94", "BSD-3-Clause", False),
-    "alike-n": WeightSpec("alike-n.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-n.pth",),
-                          "8bd4789272eec779be280f8fc1007608ff604241440a0a3377c1559199412ee3", "BSD-3-Clause", False),
-    "alike-l": WeightSpec("alike-l.pth", ("https://github.com/Shiaoming/ALIKE/raw/main/models/alike-l.pth",),
-                          "bed5fbbf352ab1c3e92e2241881f8b84edce949984fa23bc7f2517eab93938a0", "BSD-3-Clause", False),
-    "aliked-t16": WeightSpec("aliked-t16.pth",
-                             ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-t16.pth",),
-                             None, "BSD-3-Clause", False),
-    "aliked-n16": WeightSpec("aliked-n16.pth",
-                             ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16.pth",),
-                             "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2", "BSD-3-Clause", False),
-    "aliked-n16rot": WeightSpec("aliked-n16rot.pth",
-                                ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16rot.pth",),
-                                "ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332", "BSD-3-Clause",
-                                False),
-    "aliked-n32": WeightSpec("aliked-n32.pth",
-                             ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n32.pth",),
-                             None, "BSD-3-Clause", False),
-    # --- R2D2 / Fast-R2D2 (naver/r2d2, models/; CC BY-NC-SA 3.0: non-commercial, never packaged) ---
-    # sha256 of the released files (faster2d2_WASF_N8_big: not available offline, so unknown).
-    "r2d2_WAF_N16": WeightSpec(
-        "r2d2_WAF_N16.pt",
-        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/r2d2_WAF_N16.pt",
-         "https://github.com/naver/r2d2/raw/master/models/r2d2_WAF_N16.pt"),
-        "27cebd6608317b35198a76f60f87492110dee3e88ca382586a729dadb1a16b90", "CC BY-NC-SA 3.0", non_commercial=True),
-    "r2d2_WASF_N16": WeightSpec(
-        "r2d2_WASF_N16.pt",
-        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/r2d2_WASF_N16.pt",
-         "https://github.com/naver/r2d2/raw/master/models/r2d2_WASF_N16.pt"),
-        "9ae90e02a9a133d100ca7aeaa32f4d4d7736a6dd222a530a25c8f7da5e508528", "CC BY-NC-SA 3.0", non_commercial=True),
-    "r2d2_WASF_N8_big": WeightSpec(
-        "r2d2_WASF_N8_big.pt",
-        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/r2d2_WASF_N8_big.pt",
-         "https://github.com/naver/r2d2/raw/master/models/r2d2_WASF_N8_big.pt"),
-        "597dc13998e211e827c550bdc8f76dbb4aca32747846f96962c9168586cec418", "CC BY-NC-SA 3.0", non_commercial=True),
-    "faster2d2_WASF_N16": WeightSpec(
-        "faster2d2_WASF_N16.pt",
-        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/faster2d2_WASF_N16.pt",
-         "https://github.com/naver/r2d2/raw/master/models/faster2d2_WASF_N16.pt"),
-        "217daa3a166bfe9bf2b68c05c1607a09dd4d552ae1bbeda885479d504eefc14b", "CC BY-NC-SA 3.0", non_commercial=True),
-    "faster2d2_WASF_N8_big": WeightSpec(
-        "faster2d2_WASF_N8_big.pt",
-        ("https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/faster2d2_WASF_N8_big.pt",
-         "https://github.com/naver/r2d2/raw/master/models/faster2d2_WASF_N8_big.pt"),
-        None, "CC BY-NC-SA 3.0", non_commercial=True),
-    # --- XFeat (verlab/accelerated_features, Apache-2.0) ---
-    # The official release file. Its sha256 is not recorded: the file was not available offline (only its git
-    # blob id 9da942e9c7406b8add3746bf98d4b1840233cd92 is known), so a download is not hash-checked.
-    "xfeat": WeightSpec(
-        filename="xfeat.pt",
-        urls=("https://github.com/verlab/accelerated_features/raw/main/weights/xfeat.pt",),
-        sha256=None, licence="Apache-2.0", non_commercial=False),
-    # The same weights recovered from the official ONNX export (PR #38, commit c58e74f), BatchNorm folded and
-    # without fine_matcher.*; not published as a file, accepted by the xfeat extractor when xfeat.pt is absent.
-    "xfeat_from_onnx": WeightSpec(
-        filename="xfeat_from_onnx.pt", urls=(),
-        sha256="cbdf1b1715d450f25cf337a19ed2cccc4983c6be36ea93e3573e9d99f1a5b421",
-        licence="Apache-2.0", non_commercial=False),
-    # --- Key.Net detector, patch descriptors and shape estimators (issue 10) ---
-    # Key.Net: axelBarroso/Key.Net-Pytorch model/weights/ at commit 74fe0a7 (MIT); sha256 of the official file.
-    "keynet": WeightSpec(
-        "keynet_pytorch.pth",
-        ("https://github.com/axelBarroso/Key.Net-Pytorch/raw/74fe0a75998445bb47b74b642b764543b25dc90a/model/weights/keynet_pytorch.pth",
-         "https://github.com/axelBarroso/Key.Net-Pytorch/raw/main/model/weights/keynet_pytorch.pth"),
-        "59d3a46d57b439513acf531877fdfaa95eb550ccd10ec462e23d7c1f7a86d52a", "MIT", False),
-    # TFeat: vbalnt/tfeat pretrained-models/ at commit 9434ffa (MIT); sha256 of the official file.
-    "tfeat_liberty": WeightSpec(
-        "tfeat-liberty.params",
-        ("https://github.com/vbalnt/tfeat/raw/9434ffaade966efee9ee89304f59b6c224d3b039/pretrained-models/tfeat-liberty.params",
-         "https://github.com/vbalnt/tfeat/raw/master/pretrained-models/tfeat-liberty.params"),
-        "1f2e9516b03c45876161da006ce8047e0a66ef08cc91d3fbf96a75f1a80f445a", "MIT", False),
-    # HardNet (DagnyT/hardnet, MIT), SOSNet (scape-research/SOSNet, formerly yuruntian/SOSNet; no licence file
-    # seen), AffNet / OriNet (ducha-aiki/affnet, MIT): the URLs kornia downloads from. No sha256 is published and
-    # the files were not available offline to hash, so None (downloads are not hash-checked).
-    "hardnet_liberty_aug": WeightSpec(
-        "checkpoint_liberty_with_aug.pth",
-        ("https://github.com/DagnyT/hardnet/raw/master/pretrained/train_liberty_with_aug/checkpoint_liberty_with_aug.pth",),
-        None, "MIT", False),
-    "sosnet_32x32_liberty": WeightSpec(
-        "sosnet-32x32-liberty.pth",
-        ("https://github.com/scape-research/SOSNet/raw/master/sosnet-weights/sosnet-32x32-liberty.pth",
-         "https://github.com/yuruntian/SOSNet/raw/master/sosnet-weights/sosnet-32x32-liberty.pth"),
-        None, "unknown (no licence file in the repository)", False),
-    "affnet": WeightSpec(
-        "AffNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/AffNet.pth",), None, "MIT", False),
-    "orinet": WeightSpec(
-        "OriNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/OriNet.pth",), None, "MIT", False),
-    # --- torchvision ImageNet ResNets (BSD-3-Clause code; ImageNet-trained), loaded unchanged by the DeLF
-    # backbone (localfeat.extractors._resnet) with backbone_weights='imagenet'. The file names carry the first
-    # 8 hex digits of their sha256 (torchvision's check_hash convention); the full digests were not available
-    # offline, so None. DeLF itself released TF-slim checkpoints only (no PyTorch file to list).
-    "torchvision_resnet18": WeightSpec(
-        "resnet18-f37072fd.pth", ("https://download.pytorch.org/models/resnet18-f37072fd.pth",), None, "BSD-3-Clause"),
-    "torchvision_resnet34": WeightSpec(
-        "resnet34-b627a593.pth", ("https://download.pytorch.org/models/resnet34-b627a593.pth",), None, "BSD-3-Clause"),
-    "torchvision_resnet50": WeightSpec(
-        "resnet50-0676ba61.pth", ("https://download.pytorch.org/models/resnet50-0676ba61.pth",), None, "BSD-3-Clause"),
-    "torchvision_resnet50_v2": WeightSpec(
-        "resnet50-11ad3fa6.pth", ("https://download.pytorch.org/models/resnet50-11ad3fa6.pth",), None, "BSD-3-Clause"),
-    "torchvision_resnet101": WeightSpec(
-        "resnet101-63fe2227.pth", ("https://download.pytorch.org/models/resnet101-63fe2227.pth",), None,
-        "BSD-3-Clause"),
-    "torchvision_resnet152": WeightSpec(
-        "resnet152-394f9c45.pth", ("https://download.pytorch.org/models/resnet152-394f9c45.pth",), None,
-        "BSD-3-Clause"),
-    # --- end of weights table ---
-}
-
-
-def weight_spec(key: str) -> WeightSpec:
-    """The `WeightSpec` registered under `key` (e.g. 'r2d2_WASF_N16'); a clear error otherwise."""
-    if key not in WEIGHTS:
-        raise KeyError(f"no weights named {key!r}; known: {sorted(WEIGHTS)}")
-    return WEIGHTS[key]

@@ -14,8 +14,8 @@ import torch
 from conftest import REFERENCE, shared
 from localfeat.cli import main
 from localfeat.extractors._dkd import detect_keypoints, window_patches
-from localfeat.extractors.alike import ALIKE_CONFIGS, pad_to_multiple
-from localfeat.hub import WeightsNotFoundError, find_weights, weight_spec
+from localfeat.extractors.alike import ALIKE_CONFIGS, WEIGHTS, pad_to_multiple
+from localfeat.hub import WeightsNotFoundError, find_weights
 from localfeat.io.h5 import FeatureStore
 from localfeat.ops import iterative_max_pool_nms
 from localfeat.registry import ConfigError, load_extractor
@@ -220,13 +220,15 @@ def test_bad_config_values():
 # ------------------------------------------------------------------------------------- weights
 def test_weights_specs_and_override(tmp_path):
     for variant in VARIANTS:
-        spec = weight_spec(variant)
+        spec = WEIGHTS[variant]
         assert spec.filename == f"{variant}.pth" and spec.licence == "BSD-3-Clause"
         assert spec.urls == (f"https://github.com/Shiaoming/ALIKE/raw/main/models/{variant}.pth",)
         assert len(spec.sha256) == 64 and not spec.non_commercial
     from localfeat.hub import sha256_file
-    path = find_weights(weight_spec("alike-t"), download=False)
-    assert sha256_file(path) == weight_spec("alike-t").sha256
+    for variant in VARIANTS:
+        path = find_weights(WEIGHTS[variant], download=False)
+        assert sha256_file(path) == WEIGHTS[variant].sha256
+    path = find_weights(WEIGHTS["alike-t"], download=False)
     model = load_extractor("alike", variant="alike-t", weights=str(path), device="cpu")
     assert sum(p.numel() for p in model.net.parameters()) > 0
     with pytest.raises(WeightsNotFoundError, match="weights=.*nothing.pth: no such file"):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from conftest import REFERENCE, shared
 from localfeat.extractors.aliked import (ALIKED_CONFIGS, SDDH, ALIKEDNet, deform_conv2d, get_patches,
                                          replicate_pad)
-from localfeat.hub import WeightsNotFoundError, weight_spec
+from localfeat.extractors.aliked import WEIGHTS
+from localfeat.hub import sha256_file
 from localfeat.registry import ConfigError, load_extractor
 from test_alike import parity
 
@@ -181,14 +182,17 @@ def test_replicate_pad_splits_evenly():
 
 # ------------------------------------------------------------------------------------- configs and weights
 @pytest.mark.parametrize("variant", ["aliked-t16", "aliked-n32"])
-def test_configs_without_offline_weights(variant, monkeypatch, tmp_path):
-    spec = weight_spec(variant)
+def test_t16_n32_official_files_pinned_and_loaded_strictly(variant, tmp_path):
+    spec = WEIGHTS[variant]
     assert spec.filename == f"{variant}.pth" and spec.licence == "BSD-3-Clause"
     assert spec.urls == (f"https://github.com/Shiaoming/ALIKED/raw/main/models/{variant}.pth",)
-    monkeypatch.setenv("LOCALFEAT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(WeightsNotFoundError, match=rf"'{variant}.pth' not found\. Download it from "
-                       rf"https://github.com/Shiaoming/ALIKED/raw/main/models/{variant}.pth and put it in one of:"):
-        load_extractor("aliked", variant=variant)
+    official = shared("weights_aliked", f"{variant}.pth")
+    assert sha256_file(official) == spec.sha256
+    loaded = load_extractor("aliked", variant=variant, device="cpu")
+    assert loaded.weights_path.name == f"{variant}.pth"
+    file_state = torch.load(official, weights_only=True)
+    assert set(loaded.net.state_dict()) == set(file_state)
+    assert all(torch.equal(loaded.net.state_dict()[k].cpu(), v) for k, v in file_state.items())
     # the architecture is defined: a state dict of the right shapes round-trips
     net = ALIKEDNet(**ALIKED_CONFIGS[variant])
     path = tmp_path / f"{variant}.pth"
@@ -202,8 +206,8 @@ def test_configs_without_offline_weights(variant, monkeypatch, tmp_path):
 
 def test_offline_weights_specs_and_errors():
     for variant in OFFLINE:
-        spec = weight_spec(variant)
-        assert spec.filename == f"{variant}.pth" and len(spec.sha256) == 64
+        spec = WEIGHTS[variant]
+        assert spec.filename == f"{variant}.pth" and sha256_file(shared("weights_aliked", spec.filename)) == spec.sha256
     with pytest.raises(ConfigError, match=r"variant='aliked-n8' is not one of \['aliked-n16'"):
         load_extractor("aliked", variant="aliked-n8")
     with pytest.raises(ConfigError, match="n_limit must be None or a positive integer, got 0"):

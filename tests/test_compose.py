@@ -122,12 +122,14 @@ def test_missing_descriptor_weights_error_names_file_and_url(name, filename):
 
 
 def test_weights_entries_of_patch_networks():
-    t = hub.weight_spec("tfeat_liberty")
+    from localfeat.extractors._patch_nets import WEIGHTS
+
+    t = WEIGHTS["tfeat"]
     assert t.filename == "tfeat-liberty.params" and t.licence == "MIT"
     assert t.sha256 == hub.sha256_file(shared("weights_tfeat", "tfeat-liberty.params"))
-    for key, fname in (("hardnet_liberty_aug", "checkpoint_liberty_with_aug.pth"), ("affnet", "AffNet.pth"),
-                       ("orinet", "OriNet.pth"), ("sosnet_32x32_liberty", "sosnet-32x32-liberty.pth")):
-        spec = hub.weight_spec(key)
+    for key, fname in (("hardnet", "checkpoint_liberty_with_aug.pth"), ("affnet", "AffNet.pth"),
+                       ("orinet", "OriNet.pth"), ("sosnet", "sosnet-32x32-liberty.pth")):
+        spec = WEIGHTS[key]
         assert spec.filename == fname and spec.urls and spec.urls[0].endswith(fname)
 
 

@@ -58,7 +58,7 @@ def test_offline_error_names_file_url_and_places(dirs, monkeypatch):
     text = str(info.value)
     assert "'x.pth' not found" in text and "https://example.org/x.pth" in text
     assert str(a) in text and str(cache) in text and "LOCALFEAT_WEIGHTS" in text and "weights=PATH" in text
-    assert hub.status(spec) == "missing: x.pth"
+    assert hub.status(spec) == "missing: x.pth (licence unknown; sha256 NOT pinned)"
 
 
 def test_non_commercial_notice_once(dirs, caplog):

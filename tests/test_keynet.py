@@ -102,7 +102,9 @@ def test_keynet_with_tfeat_descriptors_is_a_valid_feature_set(image):
 
 
 def test_weights_entry_names_official_file_url_hash_and_licence():
-    spec = hub.weight_spec("keynet")
+    from localfeat.extractors.keynet import WEIGHTS
+
+    spec = WEIGHTS["keynet"]
     assert spec.filename == "keynet_pytorch.pth"
     assert any("axelBarroso/Key.Net-Pytorch" in u for u in spec.urls)
     assert spec.sha256 == hub.sha256_file(shared("weights_keynet", "keynet_pytorch.pth"))

@@ -16,7 +16,7 @@ import torch
 from conftest import REFERENCE, shared
 from localfeat import Features, load_matcher
 from localfeat import hub
-from localfeat.matchers.lightglue import (FEATURES, LightGlueNet, mutual_assignment,
+from localfeat.matchers.lightglue import (LightGlueNet, paired_features, mutual_assignment,
                                           normalize_keypoints)
 from localfeat.registry import ConfigError, get_class
 
@@ -218,7 +218,8 @@ def test_low_confidence_points_are_never_pruned(set_b):
 @pytest.mark.parametrize("name", ["superpoint", "disk", "aliked"])
 def test_full_configuration_matches_manifest(name):
     manifest = json.loads(shared("reference", "lightglue", "lightglue_full_config_manifest.json").read_text())[name]
-    spec_key, input_dim = FEATURES[name]
+    pairing = paired_features()[name]
+    spec, input_dim = pairing["weights"], pairing["input_dim"]
     assert input_dim == manifest["conf"]["input_dim"]
     net = LightGlueNet(input_dim, n_layers=manifest["conf"]["n_layers"])
     state = net.state_dict()
@@ -232,7 +233,6 @@ def test_full_configuration_matches_manifest(name):
     defaults = get_class("matcher", "lightglue").default_conf
     for key in ("n_layers", "depth_confidence", "width_confidence", "filter_threshold"):
         assert defaults[key] == manifest["conf"][key], key
-    spec = hub.weight_spec(spec_key)
     assert spec.urls[0] == manifest["download"]["url"]
     assert spec.filename == manifest["download"]["url"].rsplit("/", 1)[1]
     assert spec.filename.replace(".pth", "_v0-1_arxiv.pth") == manifest["download"]["file_name"]
@@ -308,7 +308,19 @@ def test_torch_hub_cache_copy_is_used(tmp_path, monkeypatch, set_b):
     monkeypatch.setenv("LOCALFEAT_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.setenv("LOCALFEAT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # The copy is hash-checked like any official file: the fixture (random weights) is not the release file.
+    with pytest.raises(hub.WeightsHashError, match=r"superpoint_lightglue_v0-1_arxiv.pth: sha256 [0-9a-f]{64} "
+                       r"does not match the official superpoint_lightglue.pth \(expected 6ff7040d"):
+        load_matcher("lightglue", n_layers=2, device="cpu", **OFF)
+    # With the fixture's digest pinned in the extractor's pairing table, the copy is found and used.
+    import dataclasses
+
+    from localfeat.extractors import superpoint
+
+    spec = dataclasses.replace(superpoint.LIGHTGLUE["weights"], sha256=hub.sha256_file(target))
+    monkeypatch.setitem(superpoint.LIGHTGLUE, "weights", spec)
     matcher = load_matcher("lightglue", n_layers=2, device="cpu", **OFF)
+    assert matcher.weights_path == target
     np.testing.assert_array_equal(matcher.match(features(set_b, 0), features(set_b, 1)).indices, set_b["matches"])
 
 

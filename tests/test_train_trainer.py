@@ -184,7 +184,10 @@ def test_models_start_from_official_weights():
 
     conf = resolve_config({"model": {"name": "r2d2", "weights": "official", "mchan": 4}})
     net = get_adapter("r2d2").build(conf["model"])
-    ref, _ = load_network(hub.find_weights(hub.weight_spec("faster2d2_WASF_N16")))
+    from localfeat.extractors.alike import WEIGHTS as ALIKE_WEIGHTS
+    from localfeat.extractors.r2d2 import WEIGHTS as R2D2_WEIGHTS
+
+    ref, _ = load_network(hub.find_weights(R2D2_WEIGHTS["faster2d2_WASF_N16"]))
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
     assert net.training
     with pytest.raises(ConfigError, match="hold Fast_Quad_L2Net_ConfCFS"):
@@ -192,7 +195,7 @@ def test_models_start_from_official_weights():
                                                             "arch": "Quad_L2Net_ConfCFS"}})["model"])
     alike = get_adapter("alike").build(resolve_config({"model": {"name": "alike", "variant": "alike-t",
                                                                  "weights": "official"}})["model"])
-    ref_state = hub.load_torch_checkpoint(hub.find_weights(hub.weight_spec("alike-t")))
+    ref_state = hub.load_torch_checkpoint(hub.find_weights(ALIKE_WEIGHTS["alike-t"]))
     assert all(torch.equal(alike.state_dict()[k], v) for k, v in ref_state.items())
 
 

@@ -21,11 +21,13 @@ from localfeat.registry import ConfigError, get_class, load_extractor, load_matc
 from conftest import shared
 
 REF = ("reference", "xfeat")
+# reference/xfeat was made with the converted weights: those tests load that file explicitly.
+CONVERTED = {"weights": str(shared("weights_xfeat", "xfeat_from_onnx.pt"))}
 
 
 @pytest.fixture(scope="module")
 def xfeat():
-    return load_extractor("xfeat", device="cpu")
+    return load_extractor("xfeat", device="cpu", **CONVERTED)
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +145,10 @@ def reference_peaks(ref_net, threshold=0.05):
 
 def test_no_limit_keeps_every_peak_and_threshold_selects(xfeat, ref_input, ref_net):
     image = ref_input["image_bgr_uint8"][..., ::-1]
-    all_feats = load_extractor("xfeat", device="cpu", top_k=None).extract(image)
+    all_feats = load_extractor("xfeat", device="cpu", top_k=None, **CONVERTED).extract(image)
     assert key_set(all_feats.keypoints) == reference_peaks(ref_net)
     assert len(all_feats) > 4096
-    strict = load_extractor("xfeat", device="cpu", top_k=None, detection_threshold=0.3).extract(image)
+    strict = load_extractor("xfeat", device="cpu", top_k=None, detection_threshold=0.3, **CONVERTED).extract(image)
     assert key_set(strict.keypoints) == reference_peaks(ref_net, 0.3)
     assert 0 < len(strict) < len(all_feats)
 
@@ -164,7 +166,7 @@ def test_window_max_equals_max_pool():
 
 # ------------------------------------------------------------------------------------------ semi-dense
 def test_semi_dense_single_scale_is_top_reliability_cells(ref_input, ref_net):
-    ex = load_extractor("xfeat", device="cpu", mode="semi-dense", multiscale=False, top_k=300)
+    ex = load_extractor("xfeat", device="cpu", mode="semi-dense", multiscale=False, top_k=300, **CONVERTED)
     feats = ex.extract(ref_input["image_bgr_uint8"][..., ::-1])
     rel = ref_net["heatmap"][0, 0]
     order = np.argsort(-rel.reshape(-1), kind="stable")[:300]
@@ -180,7 +182,7 @@ def test_semi_dense_single_scale_is_top_reliability_cells(ref_input, ref_net):
 
 
 def test_semi_dense_multiscale_counts_scales_and_coordinates(ref_input):
-    ex = load_extractor("xfeat", device="cpu", mode="semi-dense", top_k=1000)
+    ex = load_extractor("xfeat", device="cpu", mode="semi-dense", top_k=1000, **CONVERTED)
     feats = ex.extract(ref_input["image_bgr_uint8"][..., ::-1])
     # 20 % at scale 0.6 (384x288 internal), 80 % at scale 1.3 (832x624), as extract_dualscale.
     assert len(feats) == 200 + 800
@@ -237,10 +239,16 @@ def test_official_layout_loads_and_is_preferred(tmp_path, monkeypatch, ref_input
     net = XFeatNet()
     load_xfeat_weights(net, tmp_path / "xfeat.pt")
     assert_raw_maps_match(net.eval(), ref_input, ref_net)
-    # Found by its official name before the converted file.
+    # Found by its official name before the converted file, and hash-checked: this re-made file is not the
+    # release's xfeat.pt, the real one is.
     monkeypatch.setenv("LOCALFEAT_WEIGHTS", f"{tmp_path}:{converted_path.parent}")
+    with pytest.raises(hub.WeightsHashError, match=r"xfeat.pt: sha256 [0-9a-f]{64} does not match the official "
+                       r"xfeat.pt \(expected 0f5187fd"):
+        load_extractor("xfeat", device="cpu")
+    official_dir = shared("weights_xfeat_official")
+    monkeypatch.setenv("LOCALFEAT_WEIGHTS", f"{official_dir}:{converted_path.parent}")
     ex = load_extractor("xfeat", device="cpu")
-    assert ex.weights_path == tmp_path / "xfeat.pt"
+    assert ex.weights_path == official_dir / "xfeat.pt"
     assert_raw_maps_match(ex.net, ref_input, ref_net)
     # A module state_dict of the original `XFeat` (prefix net.) loads too.
     torch.save({"net." + k: v for k, v in official.items()}, tmp_path / "prefixed.pt")
@@ -255,7 +263,7 @@ def test_missing_weights_error_names_file_url_and_place(tmp_path, monkeypatch):
     with pytest.raises(hub.WeightsNotFoundError) as info:
         load_extractor("xfeat", device="cpu")
     text = str(info.value)
-    assert "'xfeat.pt'" in text and hub.WEIGHTS["xfeat"].urls[0] in text
+    assert "'xfeat.pt'" in text and "https://github.com/verlab/accelerated_features/raw/main/weights/xfeat.pt" in text
     assert str(tmp_path / "empty") in text and "xfeat_from_onnx.pt" in text
 
 

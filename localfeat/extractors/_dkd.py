@@ -18,10 +18,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import hub
+from ..checkpoints import load_weights
 from ..ops import iterative_max_pool_nms, top_k_indices
 from ..registry import check_choice
-from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
@@ -125,18 +124,20 @@ def detect_keypoints(scores_map: torch.Tensor, radius: int = 2, border: tuple[in
 
 class AlikeFamily(Extractor):
     """What ALIKE and ALIKED share: `variant` -> network arguments (`configs`) and official file
-    (`hub.WEIGHTS[variant]`), strict loading of the state dict, the top_k / n_limit checks, and
-    channels-last activations (oneDNN's convolutions are ~1.3-1.5x faster on CPU, outputs equal to
-    ~1e-6; state dicts are unchanged). Subclasses set `name`, `default_conf`, `configs`, `net_class`."""
+    (`weight_table[variant]`, the WEIGHTS of the subclass's module), strict loading of the state dict,
+    the top_k / n_limit checks, and channels-last activations (oneDNN's convolutions are ~1.3-1.5x
+    faster on CPU, outputs equal to ~1e-6; state dicts are unchanged). Subclasses set `name`,
+    `default_conf`, `configs`, `net_class`, `weight_table`."""
 
     configs: dict = {}
     net_class: type = None
+    weight_table: dict = {}
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
         variant = conf.get("variant", cls.default_conf["variant"])
         check_choice(cls.name, "variant", variant, cls.configs)
-        return [hub.weight_spec(variant)]
+        return [cls.weight_table[variant]]
 
     def __init__(self, **conf):
         super().__init__(**conf)
@@ -145,7 +146,5 @@ class AlikeFamily(Extractor):
             self.check_count(key)
         spec = self.weight_specs(c)[0]
         self.net = self.net_class(**self.configs[c["variant"]])
-        path = hub.find_weights(spec, override=c["weights"])
-        load_strict(self.net, state_dict_from_file(path), path, f"{self.name} {c['variant']}")
-        self.net.eval().to(self.device).to(memory_format=torch.channels_last)
-        logger.info("%s: loaded %s (%s)", self.name, c["variant"], path)
+        self.weights_path = load_weights(self.net, spec, c["weights"], model=f"{self.name} {c['variant']}")
+        self.net.to(self.device).to(memory_format=torch.channels_last)

@@ -132,13 +132,38 @@ class OriNetNet(nn.Module):
         return torch.atan2(sc[:, 0] + 1e-8, sc[:, 1] + 1e-8)
 
 
-# name -> (network class, key in hub.WEIGHTS or None, descriptor dimension or None)
+# Official files of the patch networks, by network name.
+# TFeat: vbalnt/tfeat pretrained-models/ at commit 9434ffa (MIT); sha256 of the official file.
+# HardNet (DagnyT/hardnet, MIT), SOSNet (scape-research/SOSNet, formerly yuruntian/SOSNet; no licence file
+# seen), AffNet / OriNet (ducha-aiki/affnet, MIT): the URLs kornia downloads from. No sha256 is published and
+# the files were not available offline to hash: not pinned (loaded with a warning).
+WEIGHTS = {
+    "tfeat": hub.WeightSpec(
+        "tfeat-liberty.params",
+        ("https://github.com/vbalnt/tfeat/raw/9434ffaade966efee9ee89304f59b6c224d3b039/pretrained-models/tfeat-liberty.params",
+         "https://github.com/vbalnt/tfeat/raw/master/pretrained-models/tfeat-liberty.params"),
+        "1f2e9516b03c45876161da006ce8047e0a66ef08cc91d3fbf96a75f1a80f445a", "MIT"),
+    "hardnet": hub.WeightSpec(
+        "checkpoint_liberty_with_aug.pth",
+        ("https://github.com/DagnyT/hardnet/raw/master/pretrained/train_liberty_with_aug/checkpoint_liberty_with_aug.pth",),
+        None, "MIT"),
+    "sosnet": hub.WeightSpec(
+        "sosnet-32x32-liberty.pth",
+        ("https://github.com/scape-research/SOSNet/raw/master/sosnet-weights/sosnet-32x32-liberty.pth",
+         "https://github.com/yuruntian/SOSNet/raw/master/sosnet-weights/sosnet-32x32-liberty.pth"),
+        None, "unknown (no licence file in the repository)"),
+    "affnet": hub.WeightSpec(
+        "AffNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/AffNet.pth",), None, "MIT"),
+    "orinet": hub.WeightSpec(
+        "OriNet.pth", ("https://github.com/ducha-aiki/affnet/raw/master/pretrained/OriNet.pth",), None, "MIT"),
+}
+# name -> (network class, descriptor dimension or None)
 NETWORKS = {
-    "tfeat": (TFeatNet, "tfeat_liberty", 128),
-    "hardnet": (HardNetNet, "hardnet_liberty_aug", 128),
-    "sosnet": (SOSNetNet, "sosnet_32x32_liberty", 128),
-    "affnet": (AffNetNet, "affnet", None),
-    "orinet": (OriNetNet, "orinet", None),
+    "tfeat": (TFeatNet, 128),
+    "hardnet": (HardNetNet, 128),
+    "sosnet": (SOSNetNet, 128),
+    "affnet": (AffNetNet, None),
+    "orinet": (OriNetNet, None),
 }
 DESCRIPTORS = ("tfeat", "hardnet", "sosnet", "sift")
 
@@ -149,16 +174,16 @@ def descriptor_weight_specs(name: Optional[str]) -> list:
         return []
     if name not in NETWORKS:
         raise ConfigError(f"unknown patch network {name!r}; available: {sorted(NETWORKS) + ['sift']}")
-    return [hub.weight_spec(NETWORKS[name][1])]
+    return [WEIGHTS[name]]
 
 
 def load_network(name: str, weights=None, device="cpu") -> nn.Module:
     """The patch network `name` in eval mode on `device` with its official weights (or `weights`=PATH)."""
     if name not in NETWORKS:
         raise ConfigError(f"unknown patch network {name!r}; available: {sorted(NETWORKS)}")
-    cls, key, _ = NETWORKS[name]
+    cls, _ = NETWORKS[name]
     net = cls()
-    path = hub.find_weights(hub.weight_spec(key), override=weights)
+    path = hub.find_weights(WEIGHTS[name], override=weights)
     ckpt = hub.load_torch_checkpoint(path)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     try:

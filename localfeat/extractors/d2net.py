@@ -31,13 +31,20 @@ import torch.nn.functional as F
 from .. import hub
 from ..io.images import map_keypoints_to_original
 from ..registry import ConfigError
+from ..checkpoints import load_weights
 from ..types import Features
-from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = {"d2_tf": "d2net_tf", "d2_tf_no_phototourism": "d2net_tf_no_phototourism"}
+# mihaidusmanu/d2-net, the README's wget lines (Clear BSD). No sha256 is published and the files are not
+# available offline to hash: not pinned (loaded with a warning).
+WEIGHTS = {
+    "d2_tf": hub.WeightSpec("d2_tf.pth", ("https://dusmanu.com/files/d2-net/d2_tf.pth",), None, "Clear BSD"),
+    "d2_tf_no_phototourism": hub.WeightSpec(
+        "d2_tf_no_phototourism.pth", ("https://dusmanu.com/files/d2-net/d2_tf_no_phototourism.pth",), None,
+        "Clear BSD"),
+}
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MULTISCALE = (0.5, 1.0, 2.0)
@@ -280,20 +287,18 @@ class D2Net(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        self.check_choice("variant", VARIANTS)
+        self.check_choice("variant", WEIGHTS)
         self.check_choice("preprocessing", ("caffe", "torch"))
         self.check_count("max_keypoints")
-        path = hub.find_weights(self.weight_specs(c)[0], override=c["weights"])
         self.net = D2NetModel("test", use_relu=bool(c["use_relu"]))
         # The release's checkpoints pickle the training arguments (argparse.Namespace) beside the weights.
-        sd = state_dict_from_file(path, entries=("model",), allowed_globals=[argparse.Namespace])
-        load_strict(self.net, sd, path, "D2-Net")
-        self.net.eval().to(self.device)
-        logger.info("d2net: loaded %s", path)
+        self.weights_path = load_weights(self.net, WEIGHTS[c["variant"]], c["weights"], model="D2-Net",
+                                         entries=("model",), allowed_globals=[argparse.Namespace])
+        self.net.to(self.device)
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
-        return [hub.weight_spec(VARIANTS[conf.get("variant", "d2_tf")])]
+        return [WEIGHTS[conf.get("variant", "d2_tf")]]
 
     def _extract(self, image: np.ndarray) -> Features:
         h, w = image.shape[:2]

@@ -39,9 +39,16 @@ logger = logging.getLogger(__name__)
 
 DELF_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
 CHECKPOINT_FORMAT = "localfeat-delf-1"
-IMAGENET_SPECS = {"resnet18": "torchvision_resnet18", "resnet34": "torchvision_resnet34",
-                  "resnet50": "torchvision_resnet50", "resnet101": "torchvision_resnet101",
-                  "resnet152": "torchvision_resnet152"}
+# torchvision ImageNet ResNets (BSD-3-Clause code; ImageNet-trained), by `arch`, loaded unchanged into the
+# backbone with backbone_weights='imagenet'. The file names carry the first 8 hex digits of their sha256
+# (torchvision's check_hash convention); the full digests were not available offline: not pinned. DeLF itself
+# released TF-slim checkpoints only (no PyTorch file to list).
+WEIGHTS = {
+    arch: hub.WeightSpec(f"{arch}-{tag}.pth", (f"https://download.pytorch.org/models/{arch}-{tag}.pth",), None,
+                         "BSD-3-Clause")
+    for arch, tag in (("resnet18", "f37072fd"), ("resnet34", "b627a593"), ("resnet50", "0676ba61"),
+                      ("resnet101", "63fe2227"), ("resnet152", "394f9c45"))
+}
 
 
 class AttentionHead(nn.Module):
@@ -122,7 +129,7 @@ def load_backbone_weights(net: DelfNet, path) -> None:
 def backbone_weight_specs(conf: dict) -> list:
     """The torchvision ImageNet file named by `backbone_weights='imagenet'`, else nothing (any ResNet model)."""
     if conf.get("backbone_weights") == "imagenet":
-        return [hub.weight_spec(IMAGENET_SPECS[conf.get("arch", "resnet50")])]
+        return [WEIGHTS[conf.get("arch", "resnet50")]]
     return []
 
 
@@ -177,7 +184,7 @@ class DELF(Extractor):
         if not c["scales"] or any(float(s) <= 0 for s in c["scales"]):
             raise ConfigError(f"delf: scales must be a non-empty list of positive numbers, got {c['scales']!r}")
         self.check_count("max_keypoints")
-        self.check_choice("arch", IMAGENET_SPECS)
+        self.check_choice("arch", WEIGHTS)
         self.net = DelfNet(c["arch"])
         if c["weights"] is not None:
             load_delf_weights(self.net, c["weights"])

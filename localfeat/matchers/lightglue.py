@@ -27,18 +27,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hub
-from ..registry import ConfigError
+from ..checkpoints import state_dict_from_file
+from ..hub import CheckpointError
+from ..registry import ConfigError, model_classes
 from ..types import Features, Matches
 from .base import Matcher
 
 logger = logging.getLogger(__name__)
 
-# features -> (weights table key, descriptor dimension the network takes)
-FEATURES = {
-    "superpoint": ("lightglue_superpoint", 256),
-    "disk": ("lightglue_disk", 128),
-    "aliked": ("lightglue_aliked", 128),
-}
+
+def paired_features() -> dict:
+    """extractor name -> its LightGlue pairing {'weights': WeightSpec, 'input_dim': D}: the `lightglue`
+    class attribute of every registered extractor that has official LightGlue weights (the table is
+    declared by the extractors, in their own modules)."""
+    return {name: cls.lightglue for name, cls in model_classes("extractor").items()
+            if getattr(cls, "lightglue", None)}
+
+
 DESCRIPTOR_DIM = 256
 NUM_HEADS = 4
 # Pruning costs a gather; the original prunes only above this many keypoints per image
@@ -360,15 +365,29 @@ class LightGlueNet(nn.Module):
 # ------------------------------------------------------------------------------------ weights
 _FLAT_NAME = re.compile(r"^(self_attn|cross_attn)\.(\d+)\.")
 _LAYER_KEY = re.compile(r"^(transformers|log_assignment|token_confidence)\.(\d+)\.")
+_UNUSED_SCALE = re.compile(r"^log_assignment\.\d+\.r$")
 
 
 def convert_state_dict(state: dict, n_layers: int, where: str) -> dict:
     """Official LightGlue state_dict -> the keys of `LightGlueNet(n_layers)`.
 
-    Renames the early release names `self_attn.{i}.*` / `cross_attn.{i}.*` to `transformers.{i}.*`,
-    and drops layers >= n_layers (running fewer layers than trained, as the original allows).
-    A file with fewer layers than n_layers raises `ConfigError`.
+    What the official files hold beyond the model, each handled explicitly:
+    - the early release names `self_attn.{i}.*` / `cross_attn.{i}.*` (disk_lightglue.pth) are renamed to
+      `transformers.{i}.*`, as the original's constructor does;
+    - disk_lightglue.pth carries 9 scalars `log_assignment.{i}.r` = 1.0 that no model uses (the original
+      ignores them through strict=False); they are dropped after checking they are exactly that;
+    - layers >= n_layers are dropped (running fewer layers than trained, as the original allows).
+    A file with fewer layers than n_layers raises `ConfigError`; a LighterGlue file (`matcher.*` keys)
+    raises `CheckpointError` pointing to the `lighterglue` matcher.
     """
+    if any(k.startswith("matcher.") for k in state):
+        raise CheckpointError(f"{where}: this is a LighterGlue file (its keys start with 'matcher.', e.g. "
+                              "xfeat-lighterglue.pt); load it with the matcher 'lighterglue' (XFeat features)")
+    scales = [k for k in state if _UNUSED_SCALE.match(k)]
+    bad = [k for k in scales if state[k].numel() != 1 or float(state[k]) != 1.0]
+    if bad:
+        raise CheckpointError(f"{where}: unexpected values in {bad[:3]} (the release's unused scalars are 1.0)")
+    state = {k: v for k, v in state.items() if k not in scales}
     renamed = {_FLAT_NAME.sub(lambda mt: f"transformers.{mt.group(2)}.{mt.group(1)}.", k): v
                for k, v in state.items()}
     layers = {int(mt.group(2)) for k in renamed if (mt := _LAYER_KEY.match(k)) and mt.group(1) == "transformers"}
@@ -390,19 +409,27 @@ def convert_state_dict(state: dict, n_layers: int, where: str) -> dict:
 
 
 def load_state_dict_checked(net: LightGlueNet, state: dict, where: str) -> None:
-    """Load `state` into `net`: every key must match, except `confidence_thresholds`, which the
-    official files do not store (it is computed). Errors name the file and the offending keys."""
-    result = net.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k != "confidence_thresholds"]
-    if missing or result.unexpected_keys:
+    """Load `state` into `net` strictly. `confidence_thresholds`, which the official files do not store
+    (it is computed from n_layers), is taken from `net` when absent. Errors name the file and the
+    offending keys or shapes."""
+    if "confidence_thresholds" not in state:
+        state = {**state, "confidence_thresholds": net.confidence_thresholds.clone()}
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
         hint = ""
-        if "input_proj.weight" in result.unexpected_keys:
+        if "input_proj.weight" in unexpected:
             hint = " (the file has an input projection: weights for 128-D features, features=disk or aliked?)"
         elif "input_proj.weight" in missing:
             hint = " (the file has no input projection: weights for 256-D features, features=superpoint?)"
+        shapes = ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:3])
         raise ValueError(f"{where}: not a compatible LightGlue state_dict{hint}; missing keys "
                          f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
-                         f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}")
+                         f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                         + (f", shape mismatch {shapes}" if wrong else ""))
+    net.load_state_dict(state, strict=True)
 
 
 def _torch_hub_copy(spec: hub.WeightSpec) -> Optional[Path]:
@@ -439,9 +466,11 @@ class LightGlue(Matcher):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        if c["features"] not in FEATURES:
+        pairings = paired_features()
+        if c["features"] not in pairings:
+            hint = "; for XFeat features use the matcher 'lighterglue'" if c["features"] == "xfeat" else ""
             raise ConfigError(f"lightglue: features={c['features']!r} is not supported; choose one of "
-                              f"{sorted(FEATURES)}")
+                              f"{sorted(pairings)}{hint}")
         self.check_count("n_layers", allow_none=False)
         for key in ("depth_confidence", "width_confidence"):
             value = c[key]
@@ -450,32 +479,50 @@ class LightGlue(Matcher):
                                   "switch it off (LightGlue's -1)")
         if c["filter_threshold"] is not None and not isinstance(c["filter_threshold"], (int, float)):
             raise ConfigError(f"lightglue: filter_threshold={c['filter_threshold']!r}, expected a number or None")
-        self.input_dim = FEATURES[c["features"]][1]
+        self.input_dim = pairings[c["features"]]["input_dim"]
         self.net = LightGlueNet(self.input_dim, c["n_layers"], c["depth_confidence"], c["width_confidence"],
                                 c["filter_threshold"])
-        path = self._weights_path()
-        state = hub.load_torch_checkpoint(path)
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{path}: expected a LightGlue state_dict (a dict of tensors)")
-        where = f"lightglue weights {path}"
-        load_state_dict_checked(self.net, convert_state_dict(state, c["n_layers"], where), where)
+        self.weights_path = self._weights_path()
+        where = f"lightglue weights {self.weights_path}"
+        state = convert_state_dict(state_dict_from_file(self.weights_path), c["n_layers"], where)
+        load_state_dict_checked(self.net, state, where)
         self.net.eval().to(self.device)
-        logger.debug("lightglue: loaded %s", path)
+        logger.debug("lightglue: loaded %s", self.weights_path)
+
+    @classmethod
+    def conf_for_features(cls, conf: dict, extractor: Optional[str]) -> dict:
+        """`features` from the extractor recorded in the store, unless set: ALIKED features get ALIKED's
+        LightGlue weights. An extractor without official LightGlue weights is a `ConfigError`."""
+        conf = dict(conf)
+        if "features" in conf or extractor is None:
+            return conf
+        pairings = paired_features()
+        if extractor not in pairings:
+            raise ConfigError(
+                f"lightglue has no official weights for {extractor} features (it has them for "
+                f"{', '.join(sorted(pairings))}); use --matcher nearest_neighbor, or give features=NAME and "
+                "weights=PATH of LightGlue weights trained for these descriptors")
+        conf["features"] = extractor
+        return conf
 
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
         if conf.get("weights") is not None:
             return []
         features = conf.get("features", cls.default_conf["features"])
-        return [hub.weight_spec(FEATURES[features][0])] if features in FEATURES else []
+        pairing = paired_features().get(features)
+        return [pairing["weights"]] if pairing else []
 
     def _weights_path(self) -> Path:
-        spec = hub.weight_spec(FEATURES[self.conf["features"]][0])
+        """conf weights=PATH, else the official file of `features` (lookup, then the original's torch.hub
+        copy, then a download), sha256-checked."""
+        spec = paired_features()[self.conf["features"]]["weights"]
         if self.conf["weights"] is not None:
             return hub.find_weights(spec, override=self.conf["weights"])
         if hub.locate(spec) is None:
             cached = _torch_hub_copy(spec)
             if cached is not None:
+                hub.verify(spec, cached)
                 return cached
         return hub.find_weights(spec)
 
@@ -486,10 +533,11 @@ class LightGlue(Matcher):
                 raise ValueError(f"lightglue: features{k} has binary (uint8) descriptors; LightGlue needs "
                                  f"float {self.input_dim}-D descriptors")
             if f.dim != self.input_dim:
+                dims = ", ".join(f"{n}: {p['input_dim']}-D" for n, p in paired_features().items())
                 raise ValueError(
                     f"lightglue: features{k} has {f.dim}-D descriptors but features={self.conf['features']!r} "
                     f"expects {self.input_dim}-D; set features= to the extractor that produced them "
-                    f"({', '.join(f'{n}: {d}-D' for n, (_, d) in FEATURES.items())})")
+                    f"({dims})")
             tensors.append((torch.from_numpy(f.keypoints)[None].to(self.device),
                             torch.from_numpy(f.descriptors)[None].to(self.device),
                             torch.tensor([f.image_size], dtype=torch.float32, device=self.device)))

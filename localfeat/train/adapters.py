@@ -80,13 +80,14 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def _weights_path(conf: dict, spec_key: str):
+def _weights_path(conf: dict, spec: hub.WeightSpec):
+    """conf['weights']: None (no file), 'official' (the file of `spec`, found and verified) or a path."""
     w = conf["weights"]
     if w is None:
         return None
     if w == "official":
-        return hub.find_weights(hub.weight_spec(spec_key))
-    return hub.find_weights(hub.weight_spec(spec_key), override=w)
+        return hub.find_weights(spec)
+    return hub.find_weights(spec, override=w)
 
 
 # ------------------------------------------------------------------------------------------ R2D2
@@ -97,9 +98,10 @@ def _r2d2_net_string(conf: dict) -> str:
 
 def _r2d2_build(conf: dict):
     from ..extractors._r2d2_nets import R2D2Net, load_network, parse_net_string
+    from ..extractors.r2d2 import WEIGHTS
 
     arch, kwargs = parse_net_string(_r2d2_net_string(conf))  # validates arch and widths
-    path = _weights_path(conf, conf["variant"])
+    path = _weights_path(conf, WEIGHTS[conf["variant"]]) if conf["weights"] is not None else None
     if path is not None:
         from ..extractors._r2d2_nets import ARCHITECTURES
 
@@ -136,12 +138,12 @@ register(Adapter(
 
 # ------------------------------------------------------------------------------------------ ALIKE
 def _alike_build(conf: dict):
-    from ..extractors.alike import ALIKE_CONFIGS, ALNet
+    from ..extractors.alike import ALIKE_CONFIGS, WEIGHTS, ALNet
 
     if conf["variant"] not in ALIKE_CONFIGS:
         raise ConfigError(f"model.variant {conf['variant']!r} is not one of {sorted(ALIKE_CONFIGS)}")
     net = ALNet(**ALIKE_CONFIGS[conf["variant"]])
-    path = _weights_path(conf, conf["variant"])
+    path = _weights_path(conf, WEIGHTS[conf["variant"]])
     if path is not None:
         net.load_state_dict(hub.load_torch_checkpoint(path), strict=True)
     return net
@@ -162,12 +164,12 @@ register(Adapter("alike", {"variant": "alike-t", "weights": None}, _alike_build,
 
 # ------------------------------------------------------------------------------------------ DISK
 def _disk_build(conf: dict):
-    from ..extractors._statedict import load_strict, state_dict_from_file
-    from ..extractors.disk import VARIANTS, DiskNet
+    from ..checkpoints import load_strict, state_dict_from_file
+    from ..extractors.disk import WEIGHTS, DiskNet
 
     net = DiskNet()
     if conf["weights"] is not None:
-        path = _weights_path(conf, VARIANTS["depth"])
+        path = _weights_path(conf, WEIGHTS["depth"])
         load_strict(net, state_dict_from_file(path, entries=("extractor", "disk")), path, "DISK")
     return net
 
@@ -191,12 +193,12 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 def _d2net_build(conf: dict):
     import argparse
 
-    from ..extractors._statedict import load_strict, state_dict_from_file
-    from ..extractors.d2net import VARIANTS, D2NetModel
+    from ..checkpoints import load_strict, state_dict_from_file
+    from ..extractors.d2net import WEIGHTS, D2NetModel
 
     net = D2NetModel("train", use_relu=False)  # D2-Net trains with the stride-8 trunk, no final ReLU
     if conf["weights"] is not None:
-        path = _weights_path(conf, VARIANTS["d2_tf"])
+        path = _weights_path(conf, WEIGHTS["d2_tf"])
         load_strict(net, state_dict_from_file(path, entries=("model",), allowed_globals=[argparse.Namespace]),
                     path, "D2-Net")
     return net
@@ -210,6 +212,17 @@ def _d2net_dense(net, images: torch.Tensor) -> dict:
 
 register(Adapter("d2net", {"weights": None}, _d2net_build, _d2net_dense,
                  lambda net, conf, path: _atomic_save({"model": net.state_dict()}, path)))
+
+
+# ------------------------------------------------------------------------------------------ lite
+def _lite_adapter() -> Adapter:
+    from ..extractors import lite
+
+    return Adapter("lite", lite.TRAIN_DEFAULTS, lite.train_build, lite.train_dense, lite.train_save,
+                   lambda conf: {})
+
+
+register(_lite_adapter())
 
 
 # ------------------------------------------------------------------------------------------ helpers

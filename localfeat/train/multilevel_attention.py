@@ -53,13 +53,9 @@ def _build(conf: dict) -> MultiLevelAttentionNet:
 
         net.load_state_dict(load_torch_checkpoint(conf["weights"]), strict=True)
     elif conf["backbone_weights"] is not None:
-        from ..extractors.delf import IMAGENET_SPECS, load_backbone_weights
-        from ..hub import find_weights, weight_spec
+        from ..extractors.delf import load_backbone_from_conf
 
-        path = conf["backbone_weights"]
-        if path == "imagenet":
-            path = find_weights(weight_spec(IMAGENET_SPECS[conf["arch"]]))
-        load_backbone_weights(net, path)
+        load_backbone_from_conf(net, conf)
     return net
 
 
