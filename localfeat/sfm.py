@@ -191,7 +191,12 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
         options.min_num_inliers = int(min_num_inliers)
         if seed is not None:
             options.ransac.random_seed = int(seed)
-        pycolmap.verify_matches(str(database), str(out / "pairs.txt"), options=options)
+        # Every matched pair of the database (exactly `pair_list`), without COLMAP's pairs-file reader,
+        # which splits lines at spaces and so cannot name "photo 1.jpg".
+        verifier = pycolmap.GeometricVerifierOptions()
+        verifier.num_threads = int(num_threads)
+        pycolmap.geometric_verification(str(database), verifier_options=verifier,
+                                         two_view_geometry_options=options)
         done("verify")
 
         stage("map")

@@ -265,3 +265,25 @@ def test_hloc_file_with_as_many_keypoints_as_dimensions(tmp_path):
         g.attrs["image_size"] = np.array(feats.image_size)
     with pytest.raises(StoreError, match="descriptors are 16 x 16 for 16 keypoints, so their layout"):
         FeatureStore(other, "r").get("a.jpg")
+
+
+def test_cli_match_on_a_full_disk_prints_one_line_and_exits_1(tmp_path):
+    features = tmp_path / "features.h5"
+    names = [f"im{i}.png" for i in range(12)]
+    with FeatureStore(features, "w") as store:
+        for name in names:
+            store.put(name, features_for(name, n=300, d=128))
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("".join(f"{a} {b}\n" for i, a in enumerate(names) for b in names[i + 1:]))
+    out = tmp_path / "matches.h5"
+
+    def limit_file_size():  # in the child: writes beyond 60 kB fail with EFBIG, like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    proc = subprocess.run([sys.executable, "-m", "localfeat.cli", "match", str(features), "--pairs", str(pairs),
+                           "-o", str(out)], capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"localfeat match: error: [Errno {errno.EFBIG}] {out}: cannot ")

@@ -72,3 +72,6 @@ def main(argv=None) -> int:
     except (ConfigError, WeightsNotFoundError, StoreError, ImageReadError, FileNotFoundError, ValueError) as exc:
         print(f"localfeat {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, permissions, I/O: the command was right, the system refused
+        print(f"localfeat {args.command}: error: {exc}", file=sys.stderr)
+        return 1

@@ -25,8 +25,13 @@ class Extractor(Model):
         super().__init__(**conf)
         self.device = resolve_device(self.conf["device"])
 
-    def extract(self, image) -> Features:
-        """Features of `image`: a path, or a uint8 array (H, W) / (H, W, 3) (RGB) / (H, W, 4)."""
+    def extract(self, image) -> Features | list[Features]:
+        """Features of `image`: a path; a numpy array (H, W) / (H, W, 3) RGB / (H, W, 4), channels last;
+        or a torch tensor (C, H, W) / (1, C, H, W), channels first as in kornia. Float images are read as
+        [0, 1] when every value lies in [0, 1], else as [0, 255]; other values are an error (never clipped).
+        A tensor batch (B, C, H, W) with B > 1 gives a list of B `Features`, in batch order."""
+        if hasattr(image, "detach") and image.ndim == 4 and image.shape[0] != 1:
+            return [self.extract(item) for item in image]
         img = as_image_array(image, self.input_mode)
         h, w = img.shape[:2]
         small, factors = resize_max(img, self.conf["resize_max"])

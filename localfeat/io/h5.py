@@ -431,8 +431,9 @@ class _H5Store:
         try:  # keep what was computed, but let the original error be the one reported
             self.close()
         except Exception as close_exc:  # e.g. the disk that failed the run is still full
-            logger.warning("%s: could not merge the journal after an error (%s); rerun to finish", self.path,
-                           close_exc)
+            same = isinstance(exc, OSError) and getattr(close_exc, "errno", None) == exc.errno
+            (logger.debug if same else logger.warning)(
+                "%s: could not merge the journal after an error (%s); rerun to finish", self.path, close_exc)
 
 
 class FeatureStore(_H5Store):
