@@ -120,7 +120,8 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
                 matcher_conf: Optional[dict] = None, pairs: PairsSpec = "exhaustive",
                 camera_model: str = "SIMPLE_RADIAL", camera_per_folder: bool = False,
                 default_focal_factor: float = 1.2, min_num_inliers: int = 15, seed: Optional[int] = 0,
-                num_threads: int = -1, mapper_options: Optional[dict] = None, verbose: bool = False) -> dict:
+                num_threads: int = -1, mapper_options: Optional[dict] = None, verbose: bool = False,
+                quantize_cell: float = 8.0) -> dict:
     """Run the whole SfM pipeline on IMAGES into the folder `output` (layout in the module docstring).
 
     conf / matcher_conf: strict configs of the extractor and matcher; matcher_conf None takes
@@ -129,8 +130,13 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
     seed: fixes COLMAP's RANSAC and mapper randomness (None = random).
     mapper_options: pycolmap IncrementalPipelineOptions fields over `DEFAULT_MAPPER_OPTIONS`, e.g.
         {"min_model_size": 3, "mapper.abs_pose_min_num_inliers": 30} (dotted names reach nested groups).
+    A detector-free `model` (`loftr`, `efficientloftr`, `xfeat_star`; `conf` is its config) matches the image
+    pairs directly (OUT/pair_matches.h5); its matches are quantised to grid cells of `quantize_cell` pixels
+    (`localfeat.dense.quantize`) into OUT/features.h5 and OUT/matches.h5; `matcher` is then unused.
     Returns the summary dict (also written to OUT/summary.json).
     """
+    from .dense import is_detector_free, match_pairs, quantize
+
     pycolmap = _require_pycolmap()
     # Options first: a wrong option name fails before any work is done.
     pipeline_options = pycolmap.IncrementalPipelineOptions()
@@ -160,11 +166,13 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
 
     stage("extract")
     features = out / "features.h5"
-    report = extract([(n, root / n) for n in names], features, model=model, conf=conf)
-    if report.failed:
-        logger.warning("sfm: %d image(s) could not be read and are left out: %s", len(report.failed),
-                       ", ".join(n for n, _ in report.failed))
-    names = [n for n in names if n in FeatureStore(features, mode="r")]
+    detector_free = is_detector_free(model)
+    if not detector_free:  # detector-free models (LoFTR family, XFeat*) make their keypoints while matching
+        report = extract([(n, root / n) for n in names], features, model=model, conf=conf)
+        if report.failed:
+            logger.warning("sfm: %d image(s) could not be read and are left out: %s", len(report.failed),
+                           ", ".join(n for n, _ in report.failed))
+        names = [n for n in names if n in FeatureStore(features, mode="r")]
     done("extract")
 
     stage("pairs")
@@ -173,7 +181,14 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
     done("pairs")
 
     stage("match")
-    match(features, out / "matches.h5", pair_list, matcher=matcher, conf=matcher_conf)
+    if detector_free:  # pair matches, then per-image keypoints by quantising to a grid (tracks form)
+        report = match_pairs(root, out / "pair_matches.h5", pair_list, model=model, conf=conf)
+        pair_list = [p for p in pair_list if f"{p[0]} {p[1]}" not in dict(report.failed)]
+        quantize(out / "pair_matches.h5", features, out / "matches.h5", cell=quantize_cell, pairs=pair_list)
+        names = [n for n in names if n in FeatureStore(features, mode="r")]
+        matcher, matcher_conf = model, conf or {}
+    else:
+        match(features, out / "matches.h5", pair_list, matcher=matcher, conf=matcher_conf)
     done("match")
 
     stage("database")
