@@ -1,0 +1,328 @@
+"""What users of hloc, kornia and LightGlue expect (issue 20): each test first reproduces the failure a
+user met, then checks the fixed behaviour."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import localfeat
+from conftest import fetched_weights, shared
+from localfeat.io.h5 import FeatureStore, MatchStore, StoreError
+from localfeat.io.images import list_images
+from localfeat.pairs import read_pairs, write_pairs
+from localfeat.pipeline import RunInterrupted
+
+SIFT = {"max_keypoints": 300, "resize_max": 400}
+
+
+# ----------------------------------------------------------------- hloc's readers, as hloc writes them
+# Transcribed from cvg/Hierarchical-Localization (hloc/utils/io.py, hloc/utils/parsers.py,
+# hloc/match_features.py FeaturePairsDataset), so the files are checked by hloc's own logic.
+def hloc_names_to_pair(name0, name1, separator="/"):
+    return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def hloc_list_h5_names(path):
+    names = []
+    with h5py.File(str(path), "r", libver="latest") as fd:
+        def visit_fn(_, obj):
+            if isinstance(obj, h5py.Dataset):
+                names.append(obj.parent.name.strip("/"))
+        fd.visititems(visit_fn)
+    return list(set(names))
+
+
+def hloc_get_keypoints(path, name):
+    with h5py.File(str(path), "r", libver="latest") as hfile:
+        return hfile[name]["keypoints"].__array__()
+
+
+def hloc_feature_pair_data(path, name0, name1):
+    """FeaturePairsDataset.__getitem__: every dataset of both groups as float tensors, plus an image
+    placeholder shaped from `image_size`; hloc's LightGlue wrapper then transposes descriptors."""
+    data = {}
+    with h5py.File(str(path), "r") as fd:
+        for suffix, name in (("0", name0), ("1", name1)):
+            grp = fd[name]
+            for k, v in grp.items():
+                data[k + suffix] = torch.from_numpy(v.__array__()).float()
+            data["image" + suffix] = torch.empty((1,) + tuple(grp["image_size"])[::-1])
+    return data
+
+
+def hloc_get_matches(path, name0, name1):
+    with h5py.File(str(path), "r", libver="latest") as hfile:
+        pair, reverse = hloc_names_to_pair(name0, name1), False
+        if pair not in hfile:
+            pair, reverse = hloc_names_to_pair(name1, name0), True
+            if pair not in hfile:
+                raise ValueError(f"Could not find pair {(name0, name1)}")
+        matches = hfile[pair]["matches0"].__array__()
+        scores = hfile[pair]["matching_scores0"].__array__()
+    idx = np.where(matches != -1)[0]
+    matches = np.stack([idx, matches[idx]], -1)
+    if reverse:
+        matches = np.flip(matches, -1)
+    return matches, scores[idx]
+
+
+def write_like_hloc(path, name, features: localfeat.Features, as_half=True):
+    """What hloc's extract_features writes for one image (descriptors (D, N), float16 when as_half)."""
+    pred = {"keypoints": features.keypoints, "scores": features.scores,
+            "descriptors": features.descriptors.T, "image_size": np.array(features.image_size)}
+    if as_half:
+        pred = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in pred.items()}
+    with h5py.File(str(path), "a", libver="latest") as fd:
+        grp = fd.create_group(name)
+        for k, v in pred.items():
+            grp.create_dataset(k, data=v)
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory):
+    """Two HPatches images under names with a folder, a space and Unicode."""
+    root = tmp_path_factory.mktemp("imgs")
+    names = ["été/façade 1.ppm", "été/日本 2.ppm"]
+    for src, name in zip(("1.ppm", "2.ppm"), names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared("hpatches_subset", "v_churchill", src), root / name)
+    return root, names
+
+
+def test_hloc_layout_is_read_by_hlocs_own_code(tmp_path, two_images):
+    root, names = two_images
+    feats, matches = tmp_path / "features.h5", tmp_path / "matches.h5"
+    # Before: localfeat's own layout is not hloc's (descriptors (N, D), image_size an attribute).
+    localfeat.extract(root, tmp_path / "ours.h5", model="sift", conf=SIFT)
+    with h5py.File(tmp_path / "ours.h5", "r") as f:
+        assert "image_size" not in f[names[0]] and f[names[0]]["descriptors"].shape[1] == 128
+
+    localfeat.extract(root, feats, model="sift", conf=SIFT, layout="hloc")
+    report = localfeat.match(feats, matches, pairs=[tuple(names)], conf={"ratio": 0.9}, layout="hloc")
+    assert len(report.done) == 1
+    ours = FeatureStore(tmp_path / "ours.h5", mode="r")
+    assert sorted(hloc_list_h5_names(feats)) == sorted(names)
+    for name in names:
+        expected = ours.get(name)
+        np.testing.assert_array_equal(hloc_get_keypoints(feats, name), expected.keypoints)
+    data = hloc_feature_pair_data(feats, *names)
+    f0, f1 = ours.get(names[0]), ours.get(names[1])
+    assert data["descriptors0"].shape == (128, len(f0))  # hloc's (D, N)
+    np.testing.assert_array_equal(data["descriptors0"].numpy().T, f0.descriptors)
+    np.testing.assert_array_equal(data["scores1"].numpy(), f1.scores)
+    assert data["image0"].shape == (1, f0.image_size[1], f0.image_size[0])  # (1, H, W) from (W, H)
+    reference = localfeat.load_matcher("nearest_neighbor", ratio=0.9).match(f0, f1)
+    assert len(reference) > 20
+    got, scores = hloc_get_matches(matches, *names)
+    np.testing.assert_array_equal(got, reference.indices)
+    np.testing.assert_allclose(scores, reference.scores, rtol=0, atol=0)
+    flipped, _ = hloc_get_matches(matches, names[1], names[0])  # hloc's reversed lookup
+    np.testing.assert_array_equal(flipped, reference.indices[:, ::-1])
+    # And localfeat reads its hloc-layout files back unchanged.
+    back = FeatureStore(feats, mode="r")
+    assert back.file_layout() == "hloc" and back.get(names[0]).equals(f0)
+    np.testing.assert_array_equal(MatchStore(matches, mode="r").get(*names).indices, reference.indices)
+
+
+def test_extracting_into_an_hloc_file_is_refused_and_leaves_it_intact(tmp_path, two_images):
+    root, names = two_images
+    sift = localfeat.load_extractor("sift", **SIFT)
+    path = tmp_path / "hloc_features.h5"
+    original = sift.extract(root / names[0])
+    write_like_hloc(path, names[0], original)
+    before = path.read_bytes()
+    # Before the fix: "0 done, 1 already present", then the file was stamped model=sift and unreadable.
+    with pytest.raises(StoreError, match="was not written by localfeat .* does not append to it"):
+        localfeat.extract(root, path, model="sift", conf=SIFT)
+    assert path.read_bytes() == before and not path.with_name(path.name + ".journal").exists()
+    got = FeatureStore(path, mode="r").get(names[0])  # still read: (D, N) float16 understood
+    assert got.image_size == original.image_size
+    np.testing.assert_allclose(got.keypoints, original.keypoints, rtol=1e-3, atol=0.25)  # float16
+    np.testing.assert_allclose(got.descriptors, original.descriptors, rtol=0, atol=1e-3)
+    # overwrite replaces it
+    report = localfeat.extract(root, path, model="sift", conf=SIFT, overwrite=True)
+    assert len(report.done) == 2
+
+
+def test_appending_in_another_layout_is_refused(tmp_path, two_images):
+    root, names = two_images
+    localfeat.extract([root / names[0]], tmp_path / "f.h5", model="sift", conf=SIFT)
+    with pytest.raises(StoreError, match="has the localfeat layout, not hloc"):
+        localfeat.extract([root / names[1]], tmp_path / "f.h5", model="sift", conf=SIFT, layout="hloc")
+
+
+def test_config_mismatch_lists_the_differing_keys(tmp_path, two_images):
+    root, names = two_images
+    localfeat.extract(root, tmp_path / "f.h5", model="sift", conf=SIFT)
+    with pytest.raises(StoreError) as info:
+        localfeat.extract(root, tmp_path / "f.h5", model="sift", conf={**SIFT, "max_keypoints": 100})
+    assert "differing keys: max_keypoints (stored 300, now 100)" in str(info.value)
+    assert "resize_max" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------- Python API
+def test_extract_takes_a_list_of_paths_and_names_like_the_folder(tmp_path, two_images):
+    root, names = two_images
+    # Before: localfeat.extract(["a.jpg", "b.jpg"], ...) -> "too many values to unpack".
+    localfeat.extract([str(root / n) for n in names], tmp_path / "list.h5", model="sift", conf=SIFT)
+    assert FeatureStore(tmp_path / "list.h5", mode="r").names() == ["façade 1.ppm", "日本 2.ppm"]
+    localfeat.extract([root / n for n in names], tmp_path / "rooted.h5", model="sift", conf=SIFT, root=root)
+    assert FeatureStore(tmp_path / "rooted.h5", mode="r").names() == sorted(names)
+    # A list file of absolute paths names images as the folder does (before: '../../...' names).
+    listing = tmp_path / "lists" / "images.txt"
+    listing.parent.mkdir()
+    listing.write_text("".join(f"{root / n}\n" for n in names), encoding="utf-8")
+    assert list_images(listing) == (root / "été", ["façade 1.ppm", "日本 2.ppm"])
+    assert list_images(listing, root=root) == (root, names)
+    assert list_images(root) == (root, sorted(names))
+    with pytest.raises(ValueError, match="outside the image root"):
+        list_images(listing, root=tmp_path / "lists")
+
+
+def test_pairs_files_with_spaces_unicode_and_hloc_files(tmp_path, two_images):
+    root, names = two_images
+    feats = tmp_path / "f.h5"
+    localfeat.extract(root, feats, model="sift", conf=SIFT)
+    # Before: the line `été/façade 1.ppm été/日本 2.ppm` gave "no features for ['été/façade', '1.ppm']".
+    pairs_file = tmp_path / "pairs.txt"
+    write_pairs(pairs_file, [tuple(names)])
+    assert pairs_file.read_text(encoding="utf-8") == "été/façade 1.ppm\tété/日本 2.ppm\n"
+    assert read_pairs(pairs_file) == [tuple(names)]
+    # Before: localfeat.match(..., pairs="pairs.txt") -> "not enough values to unpack".
+    report = localfeat.match(feats, tmp_path / "m.h5", pairs=pairs_file)
+    assert report.done == [f"{names[0]} {names[1]}"] and not report.failed
+    assert len(MatchStore(tmp_path / "m.h5", mode="r").get(*names)) > 20
+    # hloc's files (space separated, extra columns, comments) keep working.
+    (tmp_path / "hloc_pairs.txt").write_text("# from hloc\na.jpg b.jpg\nsub/c.jpg  d.jpg 0.5\n")
+    assert read_pairs(tmp_path / "hloc_pairs.txt") == [("a.jpg", "b.jpg"), ("sub/c.jpg", "d.jpg")]
+    with pytest.raises(ValueError, match="holds a tab"):
+        write_pairs(tmp_path / "bad.txt", [("a\tb", "c")])
+
+
+def test_extractors_take_kornia_tensors_and_float_images_by_a_range_rule():
+    image = (np.random.default_rng(0).random((96, 128, 3)) * 255).round().astype(np.uint8)
+    sift = localfeat.load_extractor("sift", max_keypoints=200)
+    expected = sift.extract(image)
+    assert len(expected) > 20
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # kornia: (C, H, W) in [0, 1]
+    assert sift.extract(tensor).equals(expected)
+    assert sift.extract(tensor[None]).equals(expected)  # (1, C, H, W)
+    batch = sift.extract(torch.stack([tensor, tensor.flip(-1)]))  # (B, C, H, W) -> B Features
+    assert isinstance(batch, list) and len(batch) == 2 and batch[0].equals(expected)
+    assert batch[1].equals(sift.extract(np.ascontiguousarray(image[:, ::-1])))
+    # Before: a float image in 0-255 was clipped to [0, 1] (all white) without a word.
+    assert sift.extract(image.astype(np.float32)).equals(expected)
+    assert sift.extract(image.astype(np.float64) / 255).equals(expected)
+    with pytest.raises(ValueError, match=r"values span \[-1, 255\]; expected \[0, 1\] or \[0, 255\]"):
+        negative = image.astype(np.float32)
+        negative[0, 0, 0] = -1
+        sift.extract(negative)
+    with pytest.raises(ValueError, match=r"image tensor has shape \(2, 96, 128\)"):
+        sift.extract(tensor[:2])
+
+
+def test_features_and_matches_have_a_short_repr():
+    f = localfeat.Features(np.zeros((3, 2)), np.ones(3), np.eye(3, 4), (640, 480), scales=np.ones(3))
+    assert repr(f) == "Features(3 keypoints, descriptors 4-D float32, image_size=(640, 480), scales)"
+    assert repr(localfeat.Matches(np.array([[0, 1], [2, 0]]), np.array([0.5, 1.0]))) == \
+        "Matches(2 matches, mean score 0.75)"
+
+
+def test_lightglue_uses_the_extractor_recorded_in_the_store(tmp_path):
+    fetched_weights("aliked_lightglue.pth")
+    images = [shared("pairs_lightglue", n) for n in ("sacre_coeur1.jpg", "sacre_coeur2.jpg")]
+    feats = tmp_path / "aliked.h5"
+    localfeat.extract(images, feats, model="aliked", conf={"resize_max": 640, "n_limit": 1024})
+    pairs = [("sacre_coeur1.jpg", "sacre_coeur2.jpg")]
+    # Before: lightglue defaulted to features=superpoint and asked for superpoint_lightglue.pth.
+    report = localfeat.match(feats, tmp_path / "m.h5", pairs, matcher="lightglue")
+    assert len(report.done) == 1
+    explicit = localfeat.load_matcher("lightglue", features="aliked")
+    store = FeatureStore(feats, mode="r")
+    expected = explicit.match(store.get(pairs[0][0]), store.get(pairs[0][1]))
+    got = MatchStore(tmp_path / "m.h5", mode="r").get(*pairs[0])
+    assert len(expected) > 20
+    np.testing.assert_array_equal(got.indices, expected.indices)
+    # A store of an extractor without LightGlue weights: a clear error.
+    localfeat.extract(images, tmp_path / "sift.h5", model="sift", conf=SIFT)
+    with pytest.raises(localfeat.ConfigError, match="lightglue has no official weights for sift features"):
+        localfeat.match(tmp_path / "sift.h5", tmp_path / "m2.h5", pairs, matcher="lightglue")
+
+
+# ------------------------------------------------------------------------------ ordinary mistakes
+def _unwritable_folder(tmp_path) -> Path:
+    """A folder this process cannot write in: a read-only one when not root, else /sys (read-only for root)."""
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    return Path("/sys")
+
+
+def test_read_only_output_folder_fails_before_any_work(tmp_path, two_images):
+    root, _ = two_images
+    folder = _unwritable_folder(tmp_path)
+    calls = []
+
+    class Counting:  # fails the test if extraction started
+        name, conf, conf_hash, input_mode = "sift", {}, "x", "rgb"
+
+        def extract(self, image):
+            calls.append(1)
+
+    with pytest.raises(StoreError, match=f"cannot write {folder}/f.h5: its folder {folder} is not writable"):
+        localfeat.extract(root, folder / "f.h5", extractor=Counting())
+    assert calls == []
+
+
+def test_ctrl_c_saves_what_was_done_and_a_rerun_resumes(tmp_path, two_images):
+    root, names = two_images
+    sift = localfeat.load_extractor("sift", **SIFT)
+
+    class InterruptedSecond:
+        name, conf, conf_hash, input_mode = sift.name, sift.conf, sift.conf_hash, "rgb"
+        count = 0
+
+        def extract(self, image):
+            self.count += 1
+            if self.count == 2:
+                raise KeyboardInterrupt
+            return sift.extract(image)
+
+    with pytest.raises(RunInterrupted) as info:
+        localfeat.extract(root, tmp_path / "f.h5", extractor=InterruptedSecond())
+    assert info.value.report.done == [names[0]]
+    assert "1 done" in str(info.value)
+    assert FeatureStore(tmp_path / "f.h5", mode="r").names() == [names[0]]  # saved, readable
+    report = localfeat.extract(root, tmp_path / "f.h5", model="sift", conf=SIFT)
+    assert [n for n, _ in report.skipped] == [names[0]] and report.done == [names[1]]
+
+
+def test_sfm_registers_photos_with_spaces_and_unicode_in_their_names(tmp_path):
+    import pycolmap
+    from localfeat.sfm import reconstruct
+
+    photos = sorted(shared("sfm_sacre_coeur_hloc", "mapping").glob("*.jpg"))
+    root = tmp_path / "photos"
+    # Names sort in the order of the originals, so COLMAP sees the same problem as with plain names.
+    names = [f"été à Paris/{i:02d} façade 日本.jpg" for i in range(len(photos))]
+    for src, name in zip(photos, names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / name)
+    # Before: COLMAP's pairs-file reader split "été à Paris/00 façade 日本.jpg" at the first space
+    # ("Image été does not exist") and no image was registered.
+    summary = reconstruct(root, tmp_path / "out", model="sift", conf={"max_keypoints": 2048, "resize_max": 1024},
+                          seed=0, num_threads=1)  # one thread: COLMAP's mapping is deterministic
+    assert summary["num_images"] == 10
+    assert sorted(summary["registered_images"]) == names
+    assert read_pairs(tmp_path / "out" / "pairs.txt")[0] == (names[0], names[1])
+    rec = pycolmap.Reconstruction(str(tmp_path / "out" / "sparse"))
+    assert sorted(im.name for im in rec.images.values()) == names
