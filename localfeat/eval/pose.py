@@ -252,15 +252,21 @@ def evaluate_pose(pairs_file: str | os.PathLike, images: str | os.PathLike, mode
     from ..io.images import read_image
     from ..registry import conf_hash, load_extractor, load_matcher
 
+    from ..dense import is_detector_free
+
     pairs = read_pose_pairs(pairs_file)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
-    if extractor is None:
+    # A detector-free model (LoFTR family, XFeat*) matches the two images itself; `matcher` is then unused.
+    dense = extractor is None and is_detector_free(model)
+    if dense:
+        extractor = load_matcher(model, **(conf or {}))
+    elif extractor is None:
         extractor = load_extractor(model, **(conf or {}))
     if matcher_conf is None:
         matcher_conf = {"mutual": True, "ratio": 0.8} if (extractor.name == "sift" and matcher == "nearest_neighbor") \
             else {}
-    matcher_obj = load_matcher(matcher, **matcher_conf)
+    matcher_obj = extractor if dense else load_matcher(matcher, **matcher_conf)
     identity = {"model": extractor.name, "conf": extractor.conf, "conf_hash": extractor.conf_hash,
                 "matcher": matcher_obj.name, "matcher_conf_hash": matcher_obj.conf_hash,
                 "ransac_thresh": ransac_thresh, "confidence": confidence, "estimator": estimator,
@@ -293,14 +299,30 @@ def evaluate_pose(pairs_file: str | os.PathLike, images: str | os.PathLike, mode
             cache[key] = feats
         return cache[key]
 
-    per_pair = []
-    for pair in tqdm(pairs, desc="pose", unit="pair", disable=None):
+    def pair_matches(pair) -> tuple[np.ndarray, np.ndarray]:
+        """Matched keypoints (M, 2), (M, 2) of a pair in the unrotated images."""
+        if dense:
+            images = []
+            for name, rot in ((pair.name0, pair.rot0), (pair.name1, pair.rot1)):
+                image = read_image(root / name, extractor.input_mode)
+                images.append((rotate_image(image, rot), rot, (image.shape[1], image.shape[0])))
+            pm = extractor.match_images(images[0][0], images[1][0])
+            k0, k1 = pm.keypoints0, pm.keypoints1
+            if images[0][1]:
+                k0 = unrotate_keypoints(k0, images[0][1], images[0][2])
+            if images[1][1]:
+                k1 = unrotate_keypoints(k1, images[1][1], images[1][2])
+            return k0, k1
         f0, f1 = features(pair.name0, pair.rot0), features(pair.name1, pair.rot1)
         m = matcher_obj.match(f0, f1)
-        k0, k1 = f0.keypoints[m.indices[:, 0]], f1.keypoints[m.indices[:, 1]]
+        return f0.keypoints[m.indices[:, 0]], f1.keypoints[m.indices[:, 1]]
+
+    per_pair = []
+    for pair in tqdm(pairs, desc="pose", unit="pair", disable=None):
+        k0, k1 = pair_matches(pair)
         est = estimate_relative_pose(k0, k1, pair.K0, pair.K1, ransac_thresh, confidence, estimator, seed)
         err_t, err_R = relative_pose_error(pair.T_0to1, *(est[:2] if est else (None, None)))
-        per_pair.append({"name0": pair.name0, "name1": pair.name1, "num_matches": int(len(m)),
+        per_pair.append({"name0": pair.name0, "name1": pair.name1, "num_matches": int(len(k0)),
                          "num_inliers": int(est[2].sum()) if est else 0,
                          "error_t": err_t, "error_R": err_R, "error": max(err_t, err_R)})
     errors = [p["error"] for p in per_pair]
