@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .io.atomic import publish
+
 logger = logging.getLogger(__name__)
 
 
@@ -192,7 +194,7 @@ def download_file(url: str, dest: Path, expected_sha256: Optional[str]) -> None:
             raise WeightsNotFoundError(
                 f"downloaded {dest.name} from {url} has sha256 {got}, expected {expected_sha256}; "
                 "the partial file was removed, try again")
-    os.replace(part, dest)
+    publish(part, dest)
 
 
 def find_weights(spec: WeightSpec, override: Optional[str | os.PathLike] = None,

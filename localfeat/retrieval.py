@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 
+from .io.atomic import write_text_atomic
 from .io.h5 import FeatureStore
 from .io.images import list_images, read_image
 from .types import Features
@@ -78,9 +79,7 @@ def build_index(images, output, model: str = "aliked", conf: Optional[dict] = No
     kept = [n for n in names if n in done]
     meta = {"format": INDEX_FORMAT, "model": model, "conf": conf or {}, "root": str(Path(root).resolve()),
             "names": kept}
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return output
 
 
@@ -257,10 +256,7 @@ class Retriever:
 
 def write_json(results: Sequence[RetrievalResult], path) -> Path:
     """The results as a JSON list of {"image", "score", "inliers"}, best first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r.to_json() for r in results], indent=1))
-    return path
+    return write_text_atomic(path, json.dumps([r.to_json() for r in results], indent=1))
 
 
 def average_precision(ranked_relevant: Sequence[bool], n_relevant: int) -> float:

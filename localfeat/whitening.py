@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io.atomic import atomic_path
+
 FORMAT = "localfeat-pca-whitening-1"
 
 
@@ -93,11 +95,9 @@ class PCAWhitening:
     def save(self, path: str | os.PathLike) -> Path:
         """Write an .npz (atomically); returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, format=np.array(FORMAT), mean=self.mean, components=self.components,
-                 variances=self.variances, eps=np.array(self.eps))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy appends no '.npz'
+            np.savez(f, format=np.array(FORMAT), mean=self.mean, components=self.components,
+                     variances=self.variances, eps=np.array(self.eps))
         return path
 
     @classmethod

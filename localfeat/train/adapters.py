@@ -12,15 +12,14 @@ Supported: r2d2 (R2D2 / Fast-R2D2, any width), alike, disk, d2net. Adding a mode
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .. import hub
+from ..io.atomic import torch_save_atomic
 from ..ops import IMAGENET_MEAN, IMAGENET_STD, l2_normalize
 from ..registry import ConfigError, merge_conf
 
@@ -64,14 +63,6 @@ def get_adapter(name: str) -> Adapter:
         raise ConfigError(f"model {name!r} cannot be trained: trainable models are {sorted(ADAPTERS)} "
                           f"(registered extractors: {known})")
     return ADAPTERS[name]
-
-
-def _atomic_save(obj, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
@@ -126,7 +117,7 @@ def _r2d2_dense(net, images: torch.Tensor) -> dict:
 
 def _r2d2_save(net, conf: dict, path) -> None:
     # The release's layout, so that the r2d2 extractor (and the original code) reads it.
-    _atomic_save({"net": _r2d2_net_string(conf), "state_dict": net.state_dict()}, path)
+    torch_save_atomic({"net": _r2d2_net_string(conf), "state_dict": net.state_dict()}, path)
 
 
 register(Adapter(
@@ -158,7 +149,7 @@ def _alike_dense(net, images: torch.Tensor) -> dict:
 
 
 register(Adapter("alike", {"variant": "alike-t", "weights": None}, _alike_build, _alike_dense,
-                 lambda net, conf, path: _atomic_save(net.state_dict(), path),
+                 lambda net, conf, path: torch_save_atomic(net.state_dict(), path),
                  lambda conf: {"variant": conf["variant"]}))
 
 
@@ -183,7 +174,7 @@ def _disk_dense(net, images: torch.Tensor) -> dict:
 
 
 register(Adapter("disk", {"weights": None}, _disk_build, _disk_dense,
-                 lambda net, conf, path: _atomic_save({"extractor": net.state_dict()}, path)))
+                 lambda net, conf, path: torch_save_atomic({"extractor": net.state_dict()}, path)))
 
 
 # ------------------------------------------------------------------------------------------ D2-Net
@@ -211,7 +202,7 @@ def _d2net_dense(net, images: torch.Tensor) -> dict:
 
 
 register(Adapter("d2net", {"weights": None}, _d2net_build, _d2net_dense,
-                 lambda net, conf, path: _atomic_save({"model": net.state_dict()}, path)))
+                 lambda net, conf, path: torch_save_atomic({"model": net.state_dict()}, path)))
 
 
 # ------------------------------------------------------------------------------------------ lite

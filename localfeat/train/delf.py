@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 from ..extractors._resnet import ResNet
 from ..extractors.delf import CHECKPOINT_FORMAT, DelfNet
+from ..io.atomic import torch_save_atomic, write_text_atomic
 from ..io.images import list_images, read_image
 from ..ops import IMAGENET_MEAN, IMAGENET_STD, resolve_device
 
@@ -168,12 +168,7 @@ def _run_stage(name: str, logits_fn, params, data: ClassFolder, conf: DelfTrainC
 
 def save_delf_checkpoint(net: DelfNet, arch: str, path) -> Path:
     """The extractor's checkpoint: {'format', 'arch', 'model': state_dict (backbone.*, attention.*, classifier.*)}."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "arch": arch, "model": net.state_dict()}, tmp)
-    os.replace(tmp, path)
-    return path
+    return torch_save_atomic({"format": CHECKPOINT_FORMAT, "arch": arch, "model": net.state_dict()}, path)
 
 
 def attention_picture(net: DelfNet, images: list, path, device) -> Path:
@@ -226,8 +221,8 @@ def train_delf(images_root, run_dir, conf: DelfTrainConf = DelfTrainConf()) -> d
     summary["stage1_steps"] = _run_stage("stage1", stage1, params, data, conf, conf.steps1, conf.lr1, device,
                                          run_dir, rng, deadline()) if conf.steps1 else 0
     summary["stage1_after"] = evaluate(stage1, data, conf, device, [resnet])
-    torch.save({k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")},
-               run_dir / "stage1_backbone.pt")
+    torch_save_atomic({k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")},
+                      run_dir / "stage1_backbone.pt")
 
     # ---- stage 2: attention through attention-weighted pooling, backbone frozen
     net = DelfNet(conf.arch, num_classes=n_cls, frozen_bn=True)
@@ -248,7 +243,7 @@ def train_delf(images_root, run_dir, conf: DelfTrainConf = DelfTrainConf()) -> d
     summary["checkpoint"] = str(save_delf_checkpoint(net, conf.arch, run_dir / "delf.pt"))
     picks = [data.images[i] for i in np.linspace(0, len(data) - 1, min(4, len(data))).round().astype(int)]
     summary["attention_png"] = str(attention_picture(net, picks, run_dir / "attention.png", device))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     logger.info("delf stage 1 loss %.4f -> %.4f, stage 2 loss %.4f -> %.4f (%.0f s)",
                 summary["stage1_before"]["loss"], summary["stage1_after"]["loss"],
                 summary["stage2_before"]["loss"], summary["stage2_after"]["loss"], summary["seconds"])

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..extractors.multilevel_attention import MultiLevelAttentionNet
-from .adapters import Adapter, _atomic_save, _normalise, register
+from ..io.atomic import torch_save_atomic
+from .adapters import Adapter, _normalise, register
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _dense(net: MultiLevelAttentionNet, images: torch.Tensor) -> dict:
 
 ADAPTER = register(Adapter(
     "multilevel_attention", dict(DEFAULT_MODEL), _build, _dense,
-    lambda net, conf, path: _atomic_save(net.state_dict(), path),
+    lambda net, conf, path: torch_save_atomic(net.state_dict(), path),
     lambda conf: {"arch": conf["arch"], "levels": list(conf["levels"])}))
 
 
@@ -112,7 +113,7 @@ def pretrain_autoencoder(net: MultiLevelAttentionNet, images, steps: int = 100, 
 
 def save(net: MultiLevelAttentionNet, path) -> Path:
     path = Path(path)
-    _atomic_save(net.state_dict(), path)
+    torch_save_atomic(net.state_dict(), path)
     return path
 
 

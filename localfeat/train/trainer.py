@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..io.atomic import atomic_path, torch_save_atomic, write_text_atomic
 from ..registry import ConfigError, parse_conf_items
 from .adapters import detection_and_descriptors, freeze, get_adapter
 from .losses import build_loss
@@ -226,15 +227,6 @@ def _build_optimizer(conf: dict, params):
     raise ConfigError(f"config.optimizer.name {o['name']!r} is not one of adam, adamw, sgd")
 
 
-def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _truncate_csv(path: Path, before_step: int) -> None:
     """Keep the header and the rows with step < before_step (rows of steps that will be redone go)."""
     if not path.exists():
@@ -244,10 +236,8 @@ def _truncate_csv(path: Path, before_step: int) -> None:
     if not rows:
         return
     keep = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < before_step]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(keep)
-    os.replace(tmp, path)
 
 
 class _CsvLog:
@@ -400,9 +390,10 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last.pt"
 
     def save_checkpoint(self) -> None:
-        _save_atomic({"step": self.step, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                      "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                      "rng": _rng_state(), "format": "localfeat-train-1"}, self.checkpoint_path)
+        torch_save_atomic({"step": self.step, "model": self.net.state_dict(),
+                           "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                           "scaler": self.scaler.state_dict(), "rng": _rng_state(), "format": "localfeat-train-1"},
+                          self.checkpoint_path)
         self.adapter.save(self.net, self.conf["model"], self.run_dir / "weights.pt")
 
     def load_checkpoint(self) -> None:
@@ -554,10 +545,9 @@ def plot_curves(run_dir) -> Path:
         ax[0, 1].legend()
     fig.tight_layout()
     out = run_dir / "curve.png"
-    tmp = run_dir / "curve.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 
@@ -575,9 +565,7 @@ def train(config: str | os.PathLike | dict, run_dir, overrides: Optional[dict] =
         for name in ("metrics.csv", "validation.csv", "checkpoints/last.pt", "weights.pt", "curve.png"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(conf, sort_keys=False))
-    os.replace(tmp, run_dir / "config.yaml")
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(conf, sort_keys=False))
     trainer = Trainer(conf, run_dir, dataset=dataset)
     logger.info("training %s (%d parameters trainable, frozen: %d) into %s", conf["model"]["name"],
                 sum(p.numel() for p in trainer.net.parameters() if p.requires_grad), len(trainer.frozen), run_dir)
@@ -592,7 +580,7 @@ def resume(run_dir, steps: Optional[int] = None, dataset=None) -> Path:
         raise TrainError(f"{path} does not exist: {run_dir} is not a training run directory")
     conf = resolve_config(yaml.safe_load(path.read_text()), {"steps": steps} if steps else None)
     if steps:
-        path.write_text(yaml.safe_dump(conf, sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(conf, sort_keys=False))
     trainer = Trainer(conf, run_dir, dataset=dataset)
     trainer.load_checkpoint()
     _truncate_csv(run_dir / "metrics.csv", trainer.step)
