@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .args import add_command, add_matcher_args, add_model_args, add_pair_args, matcher_spec, model_spec, \
-    resolve_pairs
+from .args import _merge_spec, add_command, add_matcher_args, add_model_args, add_pair_args, matcher_spec, \
+    model_spec, resolve_pairs
 
 
 def cmd_extract(args) -> int:
@@ -19,10 +19,35 @@ def cmd_extract(args) -> int:
     return 1 if report.failed and args.on_error == "fail" else 0
 
 
+def cmd_match_images(args) -> int:
+    """`match --model NAME IMAGES`: a detector-free matcher on image pairs -> pair matches (+ quantised files)."""
+    from ..config import ConfigError
+    from ..dense import is_detector_free, match_pairs, quantize
+    from ..io.images import list_images
+
+    name, conf = _merge_spec("--model", args.model, args.conf, "--conf")
+    if args.resize_max is not None:
+        conf["resize_max"] = args.resize_max
+    if not is_detector_free(name):
+        raise ConfigError(f"--model {name!r} is not a detector-free matcher (loftr, efficientloftr, xfeat_star); "
+                          "for an extractor, run `localfeat extract` then `localfeat match features.h5`")
+    root, names = list_images(args.features)
+    pairs = resolve_pairs(args, lambda: names)
+    report = match_pairs(root, args.output, pairs, model=name, conf=conf, overwrite=args.overwrite)
+    print(f"match -> {args.output}: {report.summary()}")
+    if args.quantize:
+        done = [p for p in pairs if f"{p[0]} {p[1]}" not in dict(report.failed)]
+        n = quantize(args.output, args.quantize[0], args.quantize[1], cell=args.cell, pairs=done)
+        print(f"quantised to {args.cell}-px cells: {n} images -> {args.quantize[0]}, {args.quantize[1]}")
+    return 3 if report.failed else 0
+
+
 def cmd_match(args) -> int:
     from ..io.h5 import FeatureStore
     from ..pipeline import match
 
+    if args.model is not None:
+        return cmd_match_images(args)
     name, conf = matcher_spec(args, conf_attr="conf")
     pairs = resolve_pairs(args, lambda: FeatureStore(args.features, mode="r").names())
     report = match(args.features, args.output, pairs, matcher=name, conf=conf or {}, overwrite=args.overwrite)
@@ -118,12 +143,25 @@ def register(sub, groups) -> None:
                    help="bad image: skip it and report at the end (default), or stop")
     p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
 
-    p = add_command(sub, "match", "match image pairs of a FeatureStore into an HDF5 MatchStore",
-                    "localfeat match features.h5 -o matches.h5 --exhaustive --conf ratio=0.8", cmd_match)
-    p.add_argument("features", help="features.h5")
-    p.add_argument("-o", "--output", required=True, help="matches.h5 to write (resumed if it exists)")
+    p = add_command(sub, "match", "match image pairs of a FeatureStore into an HDF5 MatchStore, or (--model) "
+                    "match images with a detector-free matcher (LoFTR, EfficientLoFTR, XFeat*)",
+                    "localfeat match features.h5 -o matches.h5 --exhaustive --conf ratio=0.8\n"
+                    "  localfeat match --model loftr:pretrained=outdoor_ds photos/ --pairs pairs.txt "
+                    "-o pair_matches.h5 --quantize features.h5 matches.h5", cmd_match)
+    p.add_argument("features", help="features.h5; with --model: the image folder (recursive), glob or list file")
+    p.add_argument("-o", "--output", required=True,
+                   help="matches.h5 to write (resumed if it exists); with --model: the pair matches file "
+                        "(keypoints0/keypoints1/scores per pair, see docs/detector_free.md)")
     add_pair_args(p)
     add_matcher_args(p, conf_option="--conf")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="a detector-free matcher as NAME or NAME:key=value,... (--conf items go to it)")
+    p.add_argument("--resize-max", type=int, default=None,
+                   help="with --model: downscale images so that max(H, W) <= N (keypoints in original pixels)")
+    p.add_argument("--quantize", nargs=2, metavar=("FEATURES", "MATCHES"), default=None,
+                   help="with --model: also write per-image keypoints (grid-quantised) and index matches, "
+                        "for `export colmap` / SfM")
+    p.add_argument("--cell", type=float, default=8.0, help="grid cell size in pixels for --quantize (default 8)")
     p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
 
     p = add_command(sub, "view", "draw keypoints of one image, or matches of two, as a PNG",

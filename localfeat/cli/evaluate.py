@@ -18,9 +18,17 @@ def cmd_eval_hpatches(args) -> int:
     from ..eval.published import parse_label
     from ..geometry import RansacParams
 
+    from ..config import parse_model_spec
+    from ..dense import is_detector_free
+
     if not args.model and not args.features:
         raise ValueError("give at least one --model SPEC or --features PATH")
-    sources = [ExtractorSource(spec, max_size=args.max_size) for spec in args.model or []]
+    dense = [spec for spec in args.model or [] if is_detector_free(parse_model_spec(spec)[0])]
+    if dense:
+        _eval_hpatches_detector_free(args, dense)
+        if len(dense) == len(args.model or []) and not args.features:
+            return 0
+    sources = [ExtractorSource(spec, max_size=args.max_size) for spec in args.model or [] if spec not in dense]
     for item in args.features or []:
         label, path = parse_label(item)
         if path.is_dir():
@@ -54,6 +62,27 @@ def cmd_eval_hpatches(args) -> int:
         print(f"{label[:40]:40s} {text} {feat} {match}")
     print(f"wrote {Path(args.output) / 'results.json'}, results.md, results.csv, per_sequence.csv, mma.png")
     return 0
+
+
+def _eval_hpatches_detector_free(args, specs) -> None:
+    """Detector-free matchers (LoFTR family, XFeat*): judged on their pair matches (`eval.detector_free`)."""
+    from ..config import parse_model_spec
+    from ..datasets.hpatches import D2NET_EXCLUDED
+    from ..eval.detector_free import evaluate_hpatches_matcher
+    from ..geometry import RansacParams
+
+    ransac = RansacParams(method=args.ransac, threshold=args.ransac_threshold, max_iters=args.ransac_iters,
+                          confidence=args.ransac_confidence)
+    print(f"{'detector-free method':40s} MMA@1  MMA@3  MMA@5  MHA@1  MHA@3  MHA@5  AUC@3   #match")
+    for spec in specs:
+        name, conf = parse_model_spec(spec)
+        if args.max_size is not None:
+            conf["resize_max"] = args.max_size
+        r = evaluate_hpatches_matcher(args.root, name, conf, out_dir=args.cache_dir or args.output, ransac=ransac,
+                                      exclude=() if args.all_sequences else D2NET_EXCLUDED)["summary"]
+        mma, mha = r["mma"].get("overall") or [0.0] * 15, r["homography_accuracy"]
+        vals = [mma[0], mma[2], mma[4], mha["1"], mha["3"], mha["5"], r["homography_auc"]["3"]]
+        print(f"{spec[:40]:40s} " + " ".join(f"{v:6.3f}" for v in vals) + f" {r['mean_num_matches']:8.1f}")
 
 
 def cmd_eval_pose(args) -> int:
