@@ -26,10 +26,35 @@ def merge_conf(defaults: dict, conf: dict, where: str) -> dict:
     return merged
 
 
+def short_repr(value, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: error messages must not echo huge values."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 25] + f"... ({len(text)} characters)"
+
+
 def check_choice(where: str, key: str, value, choices) -> None:
     """Raise `ConfigError` unless `value` is one of `choices` (the message lists them)."""
     if value not in choices:
-        raise ConfigError(f"{where}: {key}={value!r} is not one of {sorted(choices, key=str)}")
+        raise ConfigError(f"{where}: {key}={short_repr(value)} is not one of {sorted(choices, key=str)}")
+
+
+def check_range(where: str, key: str, value, low: float | None = None, high: float | None = None,
+                low_open: bool = False, allow_none: bool = False, integer: bool = False) -> None:
+    """Raise `ConfigError` unless `value` is a finite number (an integer if `integer`) within [low, high]
+    ((low, high] if `low_open`), or None when `allow_none`."""
+    if value is None and allow_none:
+        return
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = number and bool(np.isfinite(value)) and (not integer or float(value).is_integer())
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{where}: {key} must be {'None or ' if allow_none else ''}{kind} in {bounds}, "
+                          f"got {short_repr(value)}")
 
 
 def check_count(where: str, key: str, value, allow_none: bool = True, odd: bool = False) -> None:
@@ -38,7 +63,22 @@ def check_count(where: str, key: str, value, allow_none: bool = True, odd: bool 
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (odd and value % 2 == 0):
         kind = "an odd positive integer" if odd else "a positive integer"
-        raise ConfigError(f"{where}: {key} must be {'None or ' if allow_none else ''}{kind}, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be {'None or ' if allow_none else ''}{kind}, got {short_repr(value)}")
+
+
+def check_types(where: str, defaults: dict, conf: dict) -> None:
+    """The types every model gets checked: a key whose default is a bool takes a bool (not 'maybe'), a key
+    whose default is a number takes a finite number (not NaN, inf or text); None stays allowed where the
+    model's own checks allow it. Ranges are each model's business (`check_range`, `check_count`)."""
+    for key, default in defaults.items():
+        value = conf.get(key)
+        if value is None or default is None:
+            continue
+        if isinstance(default, (bool, np.bool_)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ConfigError(f"{where}: {key} must be true or false, got {short_repr(value)}")
+        elif isinstance(default, (int, float, np.integer, np.floating)):
+            check_range(where, key, value)
 
 
 def parse_value(text: str) -> Any:
@@ -47,10 +87,21 @@ def parse_value(text: str) -> Any:
 
     if text.strip().lower() in ("none", "null", "~", ""):
         return None
+    if len(text) > 10_000:
+        raise ConfigError(f"config value of {len(text)} characters: too long (at most 10000)")
     try:
+        # Aliases are refused before anything is built: a short chain of them expands exponentially.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise ConfigError(f"config value {short_repr(text)} uses YAML aliases (*name), which are not "
+                              "accepted in command-line values")
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as text; a number is meant
+        try:
+            value = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     if isinstance(value, str) and "**" in value:  # e.g. scale_f=2**0.25, as the original R2D2 CLI accepts
@@ -119,9 +170,45 @@ class Model:
 
     name: str = ""
     default_conf: dict = {}
+    # Upstream names accepted in configs: alias -> our key (e.g. {"top_k": "max_keypoints"}). Each model
+    # documents its aliases; `localfeat models` lists them; `conf` and its hash hold our keys only.
+    conf_aliases: dict = {}
 
     def __init__(self, **conf):
-        self.conf = merge_conf(self.all_defaults(), conf, where=f"model {self.name!r}")
+        defaults = self.all_defaults()
+        self.given_as = {}  # our key -> the alias the caller used, for error messages
+        conf = self.resolve_aliases(conf, self.given_as)
+        self.conf = merge_conf(defaults, conf, where=f"model {self.name!r}")
+        check_types(self.name, defaults, self.conf)
+
+    @classmethod
+    def all_aliases(cls) -> dict:
+        """conf_aliases merged along the class hierarchy: alias -> our key."""
+        merged = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "conf_aliases", {}) or {})
+        return merged
+
+    @classmethod
+    def resolve_aliases(cls, conf: dict, given_as: dict | None = None) -> dict:
+        """`conf` with every alias replaced by our key; an alias and its key both given with different
+        values is a `ConfigError`. `given_as` (optional) receives our key -> the alias used."""
+        out = dict(conf)
+        for alias, key in cls.all_aliases().items():
+            if alias not in out:
+                continue
+            value = out.pop(alias)
+            if key in conf and conf[key] != value:
+                raise ConfigError(f"{cls.name}: {alias}={short_repr(value)} is the upstream name of {key}, "
+                                  f"which is also given ({key}={short_repr(conf[key])}); give only {key}")
+            out[key] = value
+            if given_as is not None:
+                given_as[key] = alias
+        return out
+
+    def _key_text(self, key: str) -> str:
+        alias = getattr(self, "given_as", {}).get(key)
+        return f"{key} (given as {alias})" if alias else key
 
     @classmethod
     def all_defaults(cls) -> dict:
@@ -138,11 +225,17 @@ class Model:
 
     def check_choice(self, key: str, choices) -> None:
         """Config value `key` must be one of `choices`."""
-        check_choice(self.name, key, self.conf[key], choices)
+        check_choice(self.name, self._key_text(key), self.conf[key], choices)
 
     def check_count(self, key: str, allow_none: bool = True, odd: bool = False) -> None:
         """Config value `key` must be a positive integer (or None = no limit)."""
-        check_count(self.name, key, self.conf[key], allow_none=allow_none, odd=odd)
+        check_count(self.name, self._key_text(key), self.conf[key], allow_none=allow_none, odd=odd)
+
+    def check_range(self, key: str, low=None, high=None, low_open: bool = False, allow_none: bool = False,
+                    integer: bool = False) -> None:
+        """Config value `key` must be a finite number in [low, high] ((low, high] if `low_open`)."""
+        check_range(self.name, self._key_text(key), self.conf[key], low, high, low_open=low_open,
+                    allow_none=allow_none, integer=integer)
 
     @property
     def conf_hash(self) -> str:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import ConfigError, short_repr
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -20,7 +22,18 @@ def resolve_device(device: Optional[str]) -> torch.device:
     """None -> CUDA when available, else CPU; otherwise `torch.device(device)`."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device={short_repr(device)} is not a torch device ({exc}); use e.g. cpu or cuda:0") from None
+    if dev.type == "cuda":  # fail here with a clear message, not in the first CUDA call with an AssertionError
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device!r}: no CUDA device on this machine; use device=cpu (or None)")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device={device!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                              f"cuda:{count - 1}")
+    return dev
 
 
 def image_to_tensor(image: np.ndarray, device=None, mean=None, std=None) -> torch.Tensor:
@@ -209,6 +222,67 @@ def window_max(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
     for d in range(1, kernel_size):
         out = torch.maximum(out, rows[..., d:d + h, :])
     return out
+
+
+def _gaussian_blur_reflect(image: torch.Tensor, sigmas: tuple[float, float]) -> torch.Tensor:
+    """kornia's `gaussian_blur2d(image, ks, sigmas, 'reflect')`, separable: kernel size int(max(4 sigma, 3))
+    made odd, weights exp(-x^2 / (2 sigma^2)) normalised, reflected border. image (B, C, H, W)."""
+    out = image
+    for axis, sigma in ((-2, sigmas[0]), (-1, sigmas[1])):
+        k = int(max(2.0 * 2 * sigma, 3))
+        k += 1 - k % 2
+        x = torch.arange(k, dtype=image.dtype, device=image.device) - k // 2
+        g = torch.exp(-x.pow(2) / (2 * sigma ** 2))
+        g = g / g.sum()
+        c = out.shape[1]
+        weight = (g.view(1, 1, k, 1) if axis == -2 else g.view(1, 1, 1, k)).repeat(c, 1, 1, 1)
+        pad = (0, 0, k // 2, k // 2) if axis == -2 else (k // 2, k // 2, 0, 0)
+        out = F.conv2d(F.pad(out, pad, mode="reflect"), weight, groups=c)
+    return out
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Resize (B, C, H, W) so that its longer side is `long_side` pixels, up or down, as LightGlue's
+    extractors do (kornia `resize(img, long_side, side='long', interpolation='bilinear', antialias=True)`).
+
+    New size: the longer side = long_side, the shorter = int(long_side * short / long). Downscaling first
+    blurs with kornia's antialiasing Gaussian (sigma = (factor - 1) / 2 per axis); upscaling is plain
+    bilinear (align_corners=False); an image already of that size is returned unchanged.
+    Returns the image and the factors (sx, sy) = original size / new size, for `map_keypoints_to_original`.
+    """
+    h, w = image.shape[-2:]
+    if w >= h:
+        nh, nw = int(long_side / (w / h)), long_side
+    else:
+        nh, nw = long_side, int(long_side * (w / h))
+    if (nh, nw) == (h, w):
+        return image, (1.0, 1.0)
+    fh, fw = h / nh, w / nw
+    if max(fh, fw) > 1:
+        image = _gaussian_blur_reflect(image, (max((fh - 1.0) / 2.0, 0.001), max((fw - 1.0) / 2.0, 0.001)))
+    return F.interpolate(image, size=(nh, nw), mode="bilinear", align_corners=False), (w / nw, h / nh)
+
+
+def strict_maxima(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Boolean mask (..., H, W) of pixels STRICTLY greater than the other kernel_size^2 - 1 pixels of their
+    window, the image extended by replicating its border (kornia's `nms2d`, used by its DISK and LightGlue's).
+
+    Border replication makes a pixel compare with copies of its own row/column near the border, so
+    plateaus and pixels on the outermost row/column are never kept.
+    """
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    r = kernel_size // 2
+    h, w = scores.shape[-2:]
+    lead = scores.shape[:-2]
+    x = scores.reshape(-1, 1, h, w)
+    padded = F.pad(x, (r, r, r, r), mode="replicate")
+    others = torch.full_like(x, float("-inf"))
+    for dy in range(kernel_size):
+        for dx in range(kernel_size):
+            if dy != r or dx != r:
+                others = torch.maximum(others, padded[..., dy:dy + h, dx:dx + w])
+    return (x > others).reshape(*lead, h, w)
 
 
 def box_iou_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,

@@ -42,6 +42,9 @@ ARCHITECTURES = {
     "Fast_Quad_L2Net_ConfCFS": {"dim": (int, 128), "mchan": (int, 4), "relu22": (bool, False),
                                 "downsample_factor": (int, 2)},
 }
+# Upper bounds of the integer arguments: the official nets use dim 128, mchan <= 6, downsample 2; a
+# forged string must not make the constructor allocate tens of GB (mchan=4096 asks for 38.6 GB).
+ARGUMENT_LIMITS = {"dim": 1024, "mchan": 16, "downsample_factor": 8}
 
 
 def parse_net_string(text: str) -> tuple[str, dict]:
@@ -77,8 +80,9 @@ def parse_net_string(text: str) -> tuple[str, dict]:
         except ValueError as exc:
             raise CheckpointError(f"'net' string {text!r}: {kw.arg} is not a literal") from exc
         kind = allowed[kw.arg][0]
-        if type(value) is not kind or (kind is int and not 1 <= value <= 4096):
-            raise CheckpointError(f"'net' string {text!r}: {kw.arg}={value!r} is not a valid {kind.__name__}")
+        if type(value) is not kind or (kind is int and not 1 <= value <= ARGUMENT_LIMITS[kw.arg]):
+            raise CheckpointError(f"'net' string {text!r}: {kw.arg}={value!r} is not a valid {kind.__name__}"
+                                  + (f" in [1, {ARGUMENT_LIMITS[kw.arg]}]" if kind is int else ""))
         kwargs[kw.arg] = value
     return name, kwargs
 

@@ -22,25 +22,36 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..config import check_range, short_repr
 from ..registry import ConfigError, load_extractor, parse_model_spec
 from ..types import Features, Matches
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
 
+MAX_TILT = 32.0
+MAX_VIEWS = 1000
+
 
 def simulated_views(tilts, phi_step: float = 72.0) -> list[tuple[float, float]]:
     """(t, phi degrees) of the ASIFT sampling: t = 1 with phi = 0; for t > 1, phi = k * phi_step / t < 180."""
+    check_range("affine_sim", "phi_step", phi_step, 0, 180, low_open=True)
+    if isinstance(tilts, (str, bytes)) or not hasattr(tilts, "__len__") or not len(tilts):
+        raise ConfigError(f"affine_sim: tilts must be a non-empty list of numbers >= 1, got {short_repr(tilts)}")
     views = []
     for t in tilts:
+        # ASIFT uses t <= 4 * sqrt(2); beyond 32 a view is a few pixels wide and the views never end.
+        check_range("affine_sim", "tilts", t, 1, MAX_TILT)
         t = float(t)
-        if t < 1:
-            raise ConfigError(f"affine_sim: tilts must be >= 1, got {t}")
         if t == 1:
             views.append((1.0, 0.0))
             continue
         step = phi_step / t
-        views += [(t, k * step) for k in range(int(np.ceil(180.0 / step - 1e-9)))]
+        count = int(np.ceil(180.0 / step - 1e-9))
+        if len(views) + count > MAX_VIEWS:  # checked before the list is built
+            raise ConfigError(f"affine_sim: tilts {short_repr(tilts)} with phi_step={phi_step} make more than "
+                              f"{MAX_VIEWS} views; use fewer or smaller tilts, or a larger phi_step")
+        views += [(t, k * step) for k in range(count)]
     return views
 
 

@@ -23,6 +23,7 @@ class Extractor(Model):
 
     def __init__(self, **conf):
         super().__init__(**conf)
+        self.check_count("resize_max")  # 0 or -1 would shrink images to nothing
         self.device = resolve_device(self.conf["device"])
 
     def extract(self, image) -> Features | list[Features]:

@@ -30,6 +30,11 @@ class SIFT(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         self.check_count("max_keypoints")
+        # OpenCV's own asserts (sigma > 0, layers >= 1) would surface as cv2.error; many layers exhaust memory.
+        self.check_range("n_octave_layers", 1, 10, integer=True)
+        self.check_range("sigma", 0, 10, low_open=True)
+        self.check_range("contrast_threshold", 0)
+        self.check_range("edge_threshold", 0, low_open=True)
         self._sift = cv2.SIFT_create(
             nfeatures=0, nOctaveLayers=int(self.conf["n_octave_layers"]),
             contrastThreshold=float(self.conf["contrast_threshold"]),

@@ -1,8 +1,20 @@
-"""Nearest-neighbour matching of L2-normalised descriptors, computed in blocks.
+"""Nearest-neighbour matching of L2-normalised descriptors: one blockwise GEMM pass, exact results.
 
-Results equal brute force over the full similarity matrix, but only a block of
-`block_rows` x N1 similarities exists at any time, so 30,000 x 30,000 matching
-needs a few hundred MB instead of 3.6 GB.
+How (one sweep over blocks of the similarity matrix, each block computed by one GEMM and left in cache):
+1. The GEMM (float32, or bfloat16 with `precision="bf16"`) is only a filter: a bound `eps` on its error
+   is derived from the descriptors (their norms and, for bf16, their rounding errors), so that
+   |filter(i, j) - exact(i, j)| <= eps for every pair.
+2. In each block, the maxima of chunks of `chunk` columns (rows) give, per row (column), the best
+   filter value and a lower bound of the second best, both ways in the same pass (vectorised `amax`,
+   no argmax over the block). Only elements whose filter value is within the error bound of the best
+   two can be among the exact best two; they are few and are re-scored exactly.
+3. The exact score of a pair is the float64 dot product of the float32 descriptors summed in a fixed
+   pairwise order, so it does not depend on block sizes, threads, the GEMM's precision or the CPU:
+   ties are exact ties and go to the lowest index, and the fp32 and bf16 passes give identical matches.
+
+Only a block of `block_rows` x `block_cols` filter values exists at a time (sized from the CPU caches),
+so 30,000 x 30,000 matching needs a few MB instead of 3.6 GB. Many near-ties (descriptors within eps of
+each other, e.g. thousands of copies of one vector) stay exact but cost more: every candidate is re-scored.
 """
 from __future__ import annotations
 
@@ -11,11 +23,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..hardware import cpu_info
 from ..types import Features, Matches
 from .base import Matcher
-
-NEG_INF = float("-inf")
-
 
 def _distance(similarity: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of unit vectors from their dot product: sqrt(2 - 2 s)."""
@@ -35,55 +45,281 @@ def _passes(best: torch.Tensor, second: torch.Tensor, ratio: Optional[float],
     return keep
 
 
-def nearest_neighbour_stats(desc0: torch.Tensor, desc1: torch.Tensor, block_rows: int,
-                            need_second: bool = True):
-    """Best and second-best similarities in both directions, by blocks of rows of desc0.
+NEG_INF = float("-inf")
+PRECISIONS = ("fp32", "bf16", "auto")
+_BF16_UNIT_ROUNDOFF = 2.0 ** -8   # bfloat16: 8 significant bits
+_FP32_UNIT_ROUNDOFF = 2.0 ** -24
+_EXACT_PAIRS_PER_STEP = 1 << 12   # pairs re-scored at once: 4k x D float64 temporaries
+_CHUNK = 32                       # granularity of the candidate search (rows / columns per chunk max)
 
-    desc0 (N0, D), desc1 (N1, D). Returns (row_idx, row_best, row_second, col_idx, col_best,
-    col_second): for each row of desc0 its most similar row of desc1 (ties: lowest index),
-    and for each row of desc1 its most similar row of desc0 (ties: lowest index). The
-    second-best values are -inf when `need_second` is False (they cost a top-2 per block).
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'fp32' or 'bf16' for the filter GEMM; 'auto' = bf16 on CUDA with bf16 and on CPUs with native bf16
+    matrix instructions (AVX-512 BF16, AMX), else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"nearest_neighbor: precision={precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_info().has_bf16 else "fp32"
+
+
+def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int] = None) -> tuple[int, int]:
+    """(block_rows, block_cols) of the similarity blocks, from the CPU's caches.
+
+    A block of columns of desc1 (block_cols x dim float32) fits in half of one core's L2, so the GEMM
+    reuses it from cache; a similarity block (block_rows x block_cols float32) fits in the L2 of the
+    threads that share it, so the reductions after the GEMM read it from cache. Both are multiples of
+    `chunk` (the granularity of the candidate search).
     """
-    n0, n1 = len(desc0), len(desc1)
-    dev = desc0.device
+    info = cpu_info()
+    threads = threads or torch.get_num_threads()
+    cols = max(chunk, min(4096, (info.l2 // 2) // (4 * dim)) // chunk * chunk)
+    cols = min(cols, -(-n1 // chunk) * chunk)
+    rows = max(chunk, (info.l2 * threads // (4 * cols)) // chunk * chunk)
+    rows = min(rows, -(-n0 // chunk) * chunk)
+    return rows, cols
+
+
+def filter_error_bound(a: torch.Tensor, b: torch.Tensor, a_low: torch.Tensor, b_low: torch.Tensor) -> float:
+    """Bound on |GEMM(a_low, b_low)[i, j] - a_i . b_j| for every pair (rigorous, worst case).
+
+    a (N0, D), b (N1, D) float32; a_low, b_low the GEMM's inputs (float32 or bfloat16). The bound adds
+    the inputs' rounding (known exactly: ||a_low_i - a_i|| per row), float32 accumulation over D terms
+    (gamma_D ||a|| ||b||), and the rounding of a bf16 output. When torch may run float32 matmuls in
+    lower precision (TF32 on CUDA, set_float32_matmul_precision != 'highest'), float32 inputs are
+    treated as if rounded to bf16 inside the GEMM.
+    """
+    dim = a.shape[1]
+    na, nb = float(a.norm(dim=1).max()), float(b.norm(dim=1).max())
+    gamma = dim * _FP32_UNIT_ROUNDOFF / (1 - dim * _FP32_UNIT_ROUNDOFF)
+    if a_low.dtype == torch.float32:
+        reduced = torch.get_float32_matmul_precision() != "highest" or (
+            a.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+        u = _BF16_UNIT_ROUNDOFF if reduced else 0.0
+        ea, eb = u * na, u * nb
+        out = 0.0
+    else:
+        ea = float((a_low.float() - a).norm(dim=1).max())
+        eb = float((b_low.float() - b).norm(dim=1).max())
+        out = _BF16_UNIT_ROUNDOFF
+    la, lb = na + ea, nb + eb
+    bound = ea * nb + na * eb + ea * eb + gamma * la * lb + out * la * lb * (1 + gamma)
+    # Margins: the float64 re-scoring's own error, underflow in the GEMM (flushed denormals), and the
+    # float32 rounding of the thresholds "filter value - 2 eps" (half an ulp of a value <= la * lb).
+    return 1.0625 * bound + 4 * dim * (2.0 ** -53) * la * lb + dim * 2.0 ** -120 + 2.0 ** -22 * la * lb
+
+
+def exact_similarity(a64: torch.Tensor, b64: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Exact similarities a[i] . b[j] (P,) float64 of float32 descriptors given as float64 a64 (N0, D),
+    b64 (N1, D) (the float32 values converted, so every product is exact).
+
+    The D products are summed by halving (pairwise, in an order set by D alone), so the value of a
+    pair never depends on how many pairs are scored together, on threads or on the CPU, and equal
+    descriptors give equal scores (exact ties).
+    """
+    out = torch.empty(len(i), dtype=torch.float64, device=a64.device)
+    dim = a64.shape[1]
+    width = 1 << max(0, (dim - 1).bit_length())
+    for s in range(0, len(i), _EXACT_PAIRS_PER_STEP):
+        x = a64.index_select(0, i[s:s + _EXACT_PAIRS_PER_STEP]) * b64.index_select(0, j[s:s + _EXACT_PAIRS_PER_STEP])
+        if width != dim:
+            x = torch.nn.functional.pad(x, (0, width - dim))
+        while x.shape[1] > 1:
+            half = x.shape[1] // 2
+            x = x[:, :half] + x[:, half:]
+        out[s:s + len(x)] = x[:, 0]
+    return out
+
+
+def _chunk_max(sim: torch.Tensor, chunk: int, dim: int) -> torch.Tensor:
+    """Maxima of consecutive chunks of `chunk` columns (dim=1: (h, ceil(w/chunk))) or rows (dim=0:
+    (ceil(h/chunk), w)) of a contiguous block (h, w); the last chunk may be shorter."""
+    h, w = sim.shape
+    length = sim.shape[dim]
+    full = length // chunk
+    if full * chunk == length:
+        return sim.view(h, full, chunk).amax(2) if dim == 1 else sim.view(full, chunk, w).amax(1)
+    parts = []
+    if full:
+        parts.append(sim.unfold(1, chunk, chunk).amax(2) if dim == 1 else
+                     sim[:full * chunk].view(full, chunk, w).amax(1))
+    parts.append(sim.narrow(dim, full * chunk, length - full * chunk).amax(dim, keepdim=True))
+    return torch.cat(parts, dim)
+
+
+def _update_bounds(best: torch.Tensor, second: torch.Tensor, cmax: torch.Tensor, dim: int,
+                   need_second: bool) -> None:
+    """Running filter-domain best (exact max of the filter values seen) and a lower bound of the second
+    best, in place, from a block's chunk maxima `cmax`: the maxima of two different chunks are two
+    different elements, so the second largest chunk maximum is <= the second largest element."""
+    g1 = cmax.amax(dim)
+    if need_second:
+        if cmax.shape[dim] >= 2:
+            g2 = torch.where(cmax == g1.unsqueeze(dim), NEG_INF, cmax).amax(dim)
+        else:
+            g2 = torch.full_like(g1, NEG_INF)
+        second.copy_(torch.maximum(torch.minimum(best, g1), torch.maximum(second, g2)))
+    torch.maximum(best, g1, out=best)
+
+
+def _candidates(sim: torch.Tensor, cmax: torch.Tensor, thr: torch.Tensor, chunk: int, dim: int):
+    """Elements of a block (h, w) >= the threshold of their row (dim=1, thr (h,)) or column (dim=0,
+    thr (w,)), found through the chunk maxima `cmax` (only chunks whose maximum passes are read).
+    Returns (rows, cols, values) in the block."""
+    length = sim.shape[dim]
+    offsets = torch.arange(chunk, device=sim.device)
+    if dim == 1:
+        r, c = torch.nonzero(cmax >= thr[:, None], as_tuple=True)
+        pos = c[:, None] * chunk + offsets           # (P, chunk) columns of the passing chunks
+        inside = pos < length
+        vals = sim[r[:, None], pos.clamp(max=length - 1)]
+        p, k = torch.nonzero((vals >= thr[r][:, None]) & inside, as_tuple=True)
+        return r[p], pos[p, k], vals[p, k]
+    c, col = torch.nonzero(cmax >= thr[None, :], as_tuple=True)
+    pos = c[:, None] * chunk + offsets               # (P, chunk) rows of the passing chunks
+    inside = pos < length
+    vals = sim[pos.clamp(max=length - 1), col[:, None]]
+    p, k = torch.nonzero((vals >= thr[col][:, None]) & inside, as_tuple=True)
+    return pos[p, k], col[p], vals[p, k]
+
+
+def _merge_exact(best, best_idx, second, key, other, value) -> None:
+    """Merge candidates (key, other, exact value) into the running exact best two per key, in place.
+
+    Candidates merged earlier always have lower `other` indices (they come from earlier blocks), so a
+    running best is replaced only by a strictly larger value; among the new candidates ties take the
+    lowest `other`. `second` is the second largest value (equal to `best` when the best is tied)."""
+    if len(key) == 0:
+        return
+    n, dev = len(best), value.device
+    b1 = torch.full((n,), NEG_INF, dtype=value.dtype, device=dev).scatter_reduce_(0, key, value, "amax")
+    at_best = value == b1[key]
+    b1_idx = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=dev).scatter_reduce_(
+        0, key[at_best], other[at_best], "amin")
+    ties = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, key[at_best], torch.ones_like(
+        key[at_best]))
+    rest = torch.full((n,), NEG_INF, dtype=value.dtype, device=dev).scatter_reduce_(
+        0, key[~at_best], value[~at_best], "amax")
+    b2 = torch.where(ties >= 2, b1, rest)
+    better = b1 > best
+    second.copy_(torch.where(better, torch.maximum(best, b2), torch.maximum(second, b1)))
+    best_idx.copy_(torch.where(better, b1_idx, best_idx))
+    torch.maximum(best, b1, out=best)
+
+
+def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bool = True,
+                       precision: str = "fp32", block_rows: Optional[int] = None,
+                       block_cols: Optional[int] = None, chunk: int = _CHUNK):
+    """Exact best and second-best similarities both ways, in one blockwise pass.
+
+    desc0 (N0, D), desc1 (N1, D) float32 on one device. Returns (row_idx (N0,) int64, row_best,
+    row_second (N0,) float64, col_idx (N1,), col_best, col_second (N1,)): for each row of desc0 its
+    most similar row of desc1 (ties: lowest index) and the best and second-best similarities (-inf
+    when there is none, and always when `need_second` is False); the same for each row of desc1.
+    Similarities are exact (`exact_similarity`) whatever `precision` the filter GEMM runs in.
+    """
+    a, b = desc0.float().contiguous(), desc1.float().contiguous()
+    n0, n1 = len(a), len(b)
+    dev = a.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    row_best, row_second = torch.full((n0,), NEG_INF, **f64), torch.full((n0,), NEG_INF, **f64)
+    col_best, col_second = torch.full((n1,), NEG_INF, **f64), torch.full((n1,), NEG_INF, **f64)
     row_idx = torch.zeros(n0, dtype=torch.long, device=dev)
-    row_best = torch.full((n0,), NEG_INF, device=dev)
-    row_second = torch.full((n0,), NEG_INF, device=dev)
     col_idx = torch.zeros(n1, dtype=torch.long, device=dev)
-    col_best = torch.full((n1,), NEG_INF, device=dev)
-    col_second = torch.full((n1,), NEG_INF, device=dev)
     if n0 == 0 or n1 == 0:
         return row_idx, row_best, row_second, col_idx, col_best, col_second
-    for start in range(0, n0, block_rows):
-        sim = desc0[start:start + block_rows] @ desc1.T  # (b, N1)
-        rows = slice(start, start + len(sim))
-        # torch.max along a dim returns the FIRST index of the maximum: ties go to the lowest index.
-        best, idx = sim.max(dim=1)
-        row_best[rows], row_idx[rows] = best, idx
-        b1, b1_idx = sim.max(dim=0)
-        b1_idx = b1_idx + start
-        if need_second:
-            if n1 >= 2:
-                row_second[rows] = torch.topk(sim, 2, dim=1).values[:, 1]
-            b2 = torch.topk(sim, 2, dim=0).values[1] if len(sim) >= 2 else torch.full_like(b1, NEG_INF)
-        else:
-            b2 = torch.full_like(b1, NEG_INF)
-        # Merge this block's column top two into the running top two; on ties earlier rows win.
-        better = b1 > col_best
-        col_second = torch.where(better, torch.maximum(col_best, b2), torch.maximum(col_second, b1))
-        col_idx = torch.where(better, b1_idx, col_idx)
-        col_best = torch.where(better, b1, col_best)
+    precision = resolve_precision(precision, dev)
+    a_low, b_low = (a, b) if precision == "fp32" else (a.bfloat16(), b.bfloat16())
+    eps2 = 2 * filter_error_bound(a, b, a_low, b_low)
+    if block_rows is None or block_cols is None:
+        auto_rows, auto_cols = choose_blocks(n0, n1, a.shape[1], chunk)
+        block_rows, block_cols = block_rows or auto_rows, block_cols or auto_cols
+    # Filter domain: the best value seen and a lower bound of the second best, per row and per column.
+    f_row1, f_row2 = torch.full((n0,), NEG_INF, device=dev), torch.full((n0,), NEG_INF, device=dev)
+    f_col1, f_col2 = torch.full((n1,), NEG_INF, device=dev), torch.full((n1,), NEG_INF, device=dev)
+    row_bound, col_bound = (f_row2, f_col2) if need_second else (f_row1, f_col1)
+    a64, b64 = a.double(), b.double()
+    pending: list = []
+    pending_pairs, flush_at = 0, max(1 << 20, 16 * (n0 + n1))
+
+    def flush():
+        # Exact re-scoring of the candidates gathered so far that still pass the (now tighter)
+        # thresholds, merged into the exact best two.
+        nonlocal pending, pending_pairs
+        for direction, bound in ((0, row_bound), (1, col_bound)):
+            i = torch.cat([p[0] for p in pending if p[3] == direction])
+            j = torch.cat([p[1] for p in pending if p[3] == direction])
+            v = torch.cat([p[2] for p in pending if p[3] == direction])
+            keep = v >= bound[i if direction == 0 else j] - eps2
+            i, j = i[keep], j[keep]
+            value = exact_similarity(a64, b64, i, j)
+            if direction == 0:
+                _merge_exact(row_best, row_idx, row_second, i, j, value)
+            else:
+                _merge_exact(col_best, col_idx, col_second, j, i, value)
+        pending, pending_pairs = [], 0
+
+    # One buffer for the similarity block (a new tensor per block would page-fault its memory each time).
+    buffer = torch.empty(min(block_rows, n0) * min(block_cols, n1), device=dev)
+    low_buffer = torch.empty(len(buffer), dtype=a_low.dtype, device=dev)
+    for cs in range(0, n1, block_cols):
+        b_block = b_low[cs:cs + block_cols]
+        cols = slice(cs, cs + len(b_block))
+        for rs in range(0, n0, block_rows):
+            a_block = a_low[rs:rs + block_rows]
+            rows = slice(rs, rs + len(a_block))
+            sim = buffer[:len(a_block) * len(b_block)].view(len(a_block), len(b_block))
+            if a_low.dtype == torch.float32:
+                torch.mm(a_block, b_block.T, out=sim)
+            else:
+                low = low_buffer[:sim.numel()].view(sim.shape)
+                sim.copy_(torch.mm(a_block, b_block.T, out=low))
+            rmax, cmax = _chunk_max(sim, chunk, 1), _chunk_max(sim, chunk, 0)
+            _update_bounds(f_row1[rows], f_row2[rows], rmax, 1, need_second)
+            _update_bounds(f_col1[cols], f_col2[cols], cmax, 0, need_second)
+            # Only elements within 2 eps of the best (or of the bound of the second best) can be among
+            # the exact best two (the rounding of the thresholds is covered by eps, see filter_error_bound).
+            i, j, v = _candidates(sim, rmax, row_bound[rows] - eps2, chunk, 1)
+            pending.append((i + rs, j + cs, v, 0))
+            i2, j2, v2 = _candidates(sim, cmax, col_bound[cols] - eps2, chunk, 0)
+            pending.append((i2 + rs, j2 + cs, v2, 1))
+            pending_pairs += len(i) + len(i2)
+            if pending_pairs > flush_at:
+                flush()
+    flush()
+    if not need_second:
+        row_second.fill_(NEG_INF)
+        col_second.fill_(NEG_INF)
     return row_idx, row_best, row_second, col_idx, col_best, col_second
+
+
+def nearest_neighbour_stats(desc0: torch.Tensor, desc1: torch.Tensor, block_rows: Optional[int] = None,
+                            need_second: bool = True, precision: str = "fp32"):
+    """Best and second-best similarities in both directions (see `best_two_both_ways`).
+
+    desc0 (N0, D), desc1 (N1, D). Returns (row_idx, row_best, row_second, col_idx, col_best,
+    col_second): for each row of desc0 its most similar row of desc1 (ties: lowest index), and
+    for each row of desc1 its most similar row of desc0 (ties: lowest index); similarities are
+    exact float64. The second-best values are -inf when `need_second` is False.
+    """
+    return best_two_both_ways(desc0, desc1, need_second, precision=precision, block_rows=block_rows)
 
 
 def match_nearest_neighbours(desc0, desc1, mutual: bool = True, ratio: Optional[float] = None,
                              max_distance: Optional[float] = None, block_rows: Optional[int] = None,
-                             memory_budget: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
-    """Match descriptors (N0, D) and (N1, D) (numpy or torch, L2-normalised).
+                             memory_budget: int = 256 << 20, precision: str = "fp32",
+                             block_cols: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Match descriptors (N0, D) and (N1, D) (numpy or torch, L2-normalised; used as float32).
 
     A row i of desc0 matches j = its nearest neighbour in desc1 if it passes the ratio test
     (d1 < ratio * d2, Euclidean distances) and max_distance (d1 <= max_distance); with
-    `mutual`, j's nearest neighbour in desc0, under the same tests, must be i.
+    `mutual`, j's nearest neighbour in desc0, under the same tests, must be i. Ties go to the
+    lowest index. Similarities and distances are exact (float64 of the float32 descriptors), so
+    the result does not depend on `precision` ('fp32', 'bf16' or 'auto': the filter GEMM's
+    precision, a matter of speed only), on the block sizes (None: from the CPU caches, capped
+    at `memory_budget` bytes of similarities) or on the machine.
     Returns indices int64 (M, 2) sorted by i, and scores float32 (M,) = similarity.
     """
     d0 = torch.as_tensor(desc0).float()
@@ -91,12 +327,17 @@ def match_nearest_neighbours(desc0, desc1, mutual: bool = True, ratio: Optional[
     n0, n1 = len(d0), len(d1)
     if n0 == 0 or n1 == 0:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    if block_rows is None:
-        # sim block + topk/argmax temporaries: about 3 floats per similarity.
-        block_rows = max(1, min(n0, memory_budget // (12 * n1)))
+    if d0.shape[1] != d1.shape[1]:
+        raise ValueError(f"match_nearest_neighbours: descriptor dimensions differ ({d0.shape[1]} vs "
+                         f"{d1.shape[1]})")
+    if block_rows is None or block_cols is None:
+        auto_rows, auto_cols = choose_blocks(n0, n1, d0.shape[1], _CHUNK)
+        block_cols = block_cols or auto_cols
+        block_rows = block_rows or max(1, min(auto_rows, memory_budget // (4 * block_cols)))
     with torch.inference_mode():
-        row_idx, row_best, row_second, col_idx, col_best, col_second = nearest_neighbour_stats(
-            d0, d1, block_rows, need_second=ratio is not None)
+        row_idx, row_best, row_second, col_idx, col_best, col_second = best_two_both_ways(
+            d0, d1, need_second=ratio is not None, precision=precision, block_rows=block_rows,
+            block_cols=block_cols)
         keep = _passes(row_best, row_second, ratio, max_distance)
         i = torch.arange(n0, device=d0.device)
         if mutual:
@@ -111,12 +352,22 @@ class NearestNeighbor(Matcher):
     """Nearest-neighbour matcher on L2-normalised float descriptors.
 
     Config: mutual (bool, default True), ratio (Lowe's ratio test on distances, None = off),
-    max_distance (Euclidean, None = off), block_rows (None = chosen from a 256 MB budget).
-    Scores are the descriptor similarities (dot products).
+    max_distance (Euclidean, None = off), block_rows (None = chosen from the CPU caches),
+    precision ('fp32', 'bf16' or 'auto': the first pass's GEMM; the matches are identical, see
+    `match_nearest_neighbours`). Scores are the descriptor similarities (dot products).
     """
 
     name = "nearest_neighbor"
-    default_conf = {"mutual": True, "ratio": None, "max_distance": None, "block_rows": None}
+    default_conf = {"mutual": True, "ratio": None, "max_distance": None, "block_rows": None,
+                    "precision": "fp32"}
+
+    def __init__(self, **conf):
+        super().__init__(**conf)
+        self.check_choice("precision", PRECISIONS)
+        self.check_count("block_rows")
+        # NaN or a ratio <= 0 rejects every match without a word.
+        self.check_range("ratio", 0, 1, low_open=True, allow_none=True)
+        self.check_range("max_distance", 0, low_open=True, allow_none=True)
 
     def _match(self, features0: Features, features1: Features) -> Matches:
         for k, f in enumerate((features0, features1)):
@@ -130,5 +381,6 @@ class NearestNeighbor(Matcher):
         d1 = torch.from_numpy(features1.descriptors).to(self.device)
         indices, scores = match_nearest_neighbours(
             d0, d1, mutual=self.conf["mutual"], ratio=self.conf["ratio"],
-            max_distance=self.conf["max_distance"], block_rows=self.conf["block_rows"])
+            max_distance=self.conf["max_distance"], block_rows=self.conf["block_rows"],
+            precision=self.conf["precision"])
         return Matches(indices, scores)
