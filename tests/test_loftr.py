@@ -294,3 +294,54 @@ def test_log_optimal_transport_marginals_and_formula():
         v = nu - lse(z + u[:, None], 0)
     want = z + u[:, None] + v[None] - norm
     np.testing.assert_allclose(log_optimal_transport(scores, alpha, 3)[0].numpy(), want, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- memory bounds
+def test_blockwise_coarse_matching_equals_dense():
+    """The memory-bounded path (large images) gives the dense path's matches, with and without padding masks."""
+    from localfeat.matchers._semidense import blockwise_dual_softmax_matches, dual_softmax, mutual_matches
+
+    maps = ref("loftr_coarse_maps_sacre_coeur.npz")
+    f0 = torch.from_numpy(maps["feat_c0_transformer"]) / 8.0     # / sqrt(C), C = 64
+    f1 = torch.from_numpy(maps["feat_c1_transformer"]) / 8.0
+    ok0, ok1 = border_mask((60, 80), (60, 80), 2)
+    valid = torch.ones(1, 60, 80, dtype=torch.bool)
+    valid[:, 50:] = False                                         # padding rows of both images
+    for v in (None, valid):
+        vf = None if v is None else v.flatten(1)
+        if v is not None:
+            ok0, ok1 = border_mask((60, 80), (60, 80), 2, v, v)
+        sim = torch.einsum("nlc,nsc->nls", f0, f1) / 0.1
+        if v is not None:
+            sim = sim.masked_fill(~(vf[:, :, None] & vf[:, None, :]), -1e9)
+        dense = mutual_matches(dual_softmax(sim), 1e-3, ok0, ok1)
+        block = blockwise_dual_softmax_matches(f0, f1, 0.1, 1e-3, ok0, ok1, vf, vf, block_entries=4800 * 700)
+        assert len(dense[0]) > 100
+        for a, b in zip(dense[:3], block[:3]):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        close(block[3], dense[3], rel=1e-4)
+
+
+def test_fine_stage_in_chunks_equals_whole(eloftr, loftr_ds, inputs):
+    x = inputs["sacre_coeur"]
+    for model, name in ((eloftr, "efficientloftr"), (loftr_ds, "loftr_ds")):
+        r = ref(f"{name}_sacre_coeur.npz")
+        model.net.fine_chunk = 40
+        try:
+            out = model.forward_images(x["image0_u8"], x["image1_u8"])
+        finally:
+            model.net.fine_chunk = 8192
+        np.testing.assert_array_equal(out["i_ids"].numpy(), r["i_ids"])
+        assert np.abs(out["keypoints1"].numpy() - r["keypoints1"]).max() <= 1e-3
+
+
+def test_bf16_precision_runs_and_stays_close(inputs):
+    """bfloat16 autocast: the same kind of output; most coarse matches agree with float32."""
+    cfg = manifest("loftr_reduced_manifest.json")["config"]["ds"]
+    m = load_matcher("loftr", config=cfg, weights=shared(*REF, "loftr_reduced_random_state_dict.pth"),
+                     device="cpu", precision="bf16")
+    x, r = inputs["sacre_coeur"], ref("loftr_ds_sacre_coeur.npz")
+    pm = m.match_images(x["image0_u8"], x["image1_u8"])
+    assert pm.keypoints0.dtype == np.float32 and len(pm) > 0.5 * len(r["keypoints0"])
+    same = {tuple(k) for k in r["keypoints0"].tolist()} & {tuple(k) for k in pm.keypoints0.tolist()}
+    assert len(same) > 0.3 * len(r["keypoints0"])

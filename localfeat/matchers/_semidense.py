@@ -73,6 +73,18 @@ def coarse_mask(pixel_mask: torch.Tensor, stride: int) -> torch.Tensor:
     return pixel_mask[:, ::stride, ::stride].contiguous()
 
 
+def run_padded(net, t0: torch.Tensor, t1: torch.Tensor, multiple: int, stride: int = 8) -> dict:
+    """net(t0, t1[, mask0, mask1]) on (B, 1, H, W) images zero-padded at the bottom/right to multiples of
+    `multiple`, with coarse padding masks (cell size `stride`) when either image needed padding."""
+    t0, p0 = pad_to_multiple(t0, multiple)
+    t1, p1 = pad_to_multiple(t1, multiple)
+    if p0 is None and p1 is None:
+        return net(t0, t1)
+    p0 = torch.ones(t0.shape[0], *t0.shape[2:], dtype=torch.bool, device=t0.device) if p0 is None else p0
+    p1 = torch.ones(t1.shape[0], *t1.shape[2:], dtype=torch.bool, device=t1.device) if p1 is None else p1
+    return net(t0, t1, coarse_mask(p0, stride), coarse_mask(p1, stride))
+
+
 def check_size(image: torch.Tensor, multiple: int, where: str) -> None:
     """Raise `ValueError` unless the (B, 1, H, W) tensor's H and W are multiples of `multiple`."""
     if image.dim() != 4 or image.shape[1] != 1:
@@ -153,6 +165,67 @@ def mutual_matches(conf: torch.Tensor, thr: float, ok0: torch.Tensor, ok1: torch
     return b_ids, i_ids, j_ids, conf[b_ids, i_ids, j_ids]
 
 
+# Above this many entries (B * L * S) of the confidence matrix, dual-softmax matching runs in row blocks
+# (`blockwise_dual_softmax_matches`) instead of materialising three L x S matrices (a 1600 x 1200 pair has
+# L = S = 30000: 3.6 GB per matrix).
+DENSE_CONF_MAX_ENTRIES = 64_000_000
+
+
+def blockwise_dual_softmax_matches(f0: torch.Tensor, f1: torch.Tensor, temperature: float, thr: float,
+                                   ok0: torch.Tensor, ok1: torch.Tensor, valid0: Optional[torch.Tensor] = None,
+                                   valid1: Optional[torch.Tensor] = None, block_entries: int = 16_000_000):
+    """The coarse matches of `dual_softmax` + `mutual_matches` without the full (L, S) matrices.
+
+    f0 (B, L, C), f1 (B, S, C) already divided by sqrt(C); valid0 (B, L) / valid1 (B, S) padding masks (masked
+    similarities are `MASKED`, as in the dense path). Two passes over blocks of rows: the column log-sum-exp,
+    then conf = exp(sim - row lse) * exp(sim - column lse), the row argmax and the column maxima. A row's
+    match is its first maximum j when conf > thr, both cells are inside the borders and conf equals the
+    column maximum. Memory: O(block_entries + B (L + S)). The values equal the dense path's up to float
+    rounding of the softmax (it is computed as exp(x - lse) here); the match rule is the same.
+    Returns b_ids, i_ids, j_ids, conf (M,), as `mutual_matches`.
+    """
+    b, l, _ = f0.shape
+    s = f1.shape[1]
+    rows = max(1, block_entries // max(s, 1))
+
+    def sim_block(bi, r0, r1):
+        sim = f0[bi, r0:r1] @ f1[bi].t() / temperature
+        if valid0 is not None:
+            sim = sim.masked_fill(~(valid0[bi, r0:r1, None] & valid1[bi, None, :]), MASKED)
+        return sim
+
+    out = []
+    for bi in range(b):
+        col_lse = torch.full((s,), float("-inf"), device=f0.device)
+        row_lse = torch.empty(l, device=f0.device)
+        for r0 in range(0, l, rows):
+            sim = sim_block(bi, r0, r0 + rows)
+            col_lse = torch.logaddexp(col_lse, torch.logsumexp(sim, dim=0))
+            row_lse[r0:r0 + rows] = torch.logsumexp(sim, dim=1)
+        row_max = torch.empty(l, device=f0.device)
+        row_arg = torch.empty(l, dtype=torch.long, device=f0.device)
+        col_max = torch.full((s,), float("-inf"), device=f0.device)
+        for r0 in range(0, l, rows):
+            sim = sim_block(bi, r0, r0 + rows)
+            conf = torch.exp(sim - row_lse[r0:r0 + rows, None]) * torch.exp(sim - col_lse[None])
+            row_max[r0:r0 + rows], row_arg[r0:r0 + rows] = conf.max(dim=1)
+            col_max = torch.maximum(col_max, conf.max(dim=0)[0])
+        keep = ((row_max > thr) & ok0[min(bi, len(ok0) - 1)] & ok1[min(bi, len(ok1) - 1)][row_arg]
+                & (row_max == col_max[row_arg]))
+        i_ids = torch.nonzero(keep)[:, 0]
+        out.append((torch.full_like(i_ids, bi), i_ids, row_arg[i_ids], row_max[i_ids]))
+    return tuple(torch.cat(parts) for parts in zip(*out))
+
+
+def chunked_concat(fn, n: int, chunk: Optional[int]) -> dict:
+    """Call fn(start, stop) over [0, n) in chunks of `chunk` (None = one call) and concatenate the returned
+    dicts of tensors along dim 0: bounds the memory of per-match stages (fine windows, fine attention)."""
+    if chunk is None or n <= chunk:
+        return fn(0, n)
+    parts = [fn(i, min(n, i + chunk)) for i in range(0, n, chunk)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 def cell_centres(ids: torch.Tensor, width: int, scale: float) -> torch.Tensor:
     """Flat cell indices (M,) of a map of width `width` -> (x, y) = scale * (col, row), float32 (M, 2)."""
     return torch.stack([ids % width, torch.div(ids, width, rounding_mode="floor")], dim=1).float() * scale
@@ -212,5 +285,7 @@ def sqrt_dim(x: torch.Tensor) -> float:
 
 
 __all__ = ["merge_nested", "gray_tensor", "pad_to_multiple", "coarse_mask", "check_size", "dual_softmax",
-           "log_optimal_transport", "border_mask", "mutual_matches", "cell_centres", "gather_windows", "spatial_expectation",
-           "normalized_grid", "checkpoint_state_dict", "sqrt_dim", "MASKED"]
+           "log_optimal_transport", "border_mask", "mutual_matches", "cell_centres", "gather_windows",
+           "spatial_expectation",
+           "normalized_grid", "checkpoint_state_dict", "sqrt_dim", "MASKED",
+           "DENSE_CONF_MAX_ENTRIES", "run_padded", "blockwise_dual_softmax_matches", "chunked_concat"]

@@ -41,9 +41,9 @@ from .. import hub
 from ..checkpoints import load_weights, state_dict_from_file
 from ..config import ConfigError
 from ..types import PairMatches
-from ._semidense import (MASKED, border_mask, cell_centres, check_size, checkpoint_state_dict, coarse_mask,
-                         dual_softmax, gather_windows, gray_tensor, merge_nested, mutual_matches, pad_to_multiple,
-                         spatial_expectation)
+from ._semidense import (DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask, cell_centres,
+                         check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows, gray_tensor,
+                         merge_nested, mutual_matches, run_padded, spatial_expectation)
 from .base import DetectorFreeMatcher
 
 logger = logging.getLogger(__name__)
@@ -324,6 +324,7 @@ class EfficientLoFTRNet(nn.Module):
             raise ConfigError("efficientloftr: match_fine.local_regress_slicedim must be below block_dims[0]")
         num_blocks = c["backbone"]["num_blocks"] or OFFICIAL_NUM_BLOCKS
         self.config = c
+        self.fine_chunk = 8192   # matches per fine-stage chunk (bounds memory; chunking changes float rounding only)
         self.backbone = RepVGGBackbone(dims, list(num_blocks)[:3])
         self.loftr_coarse = AggregatedTransformer(c["coarse"])
         self.fine_preprocess = FinePreprocess(dims)
@@ -366,13 +367,20 @@ class EfficientLoFTRNet(nn.Module):
 
         mc = cfg["match_coarse"]
         dim = f0.shape[-1]
-        sim = torch.einsum("nlc,nsc->nls", f0 / dim ** .5, f1 / dim ** .5) / mc["dsmax_temperature"]
+        ok0, ok1 = border_mask(tuple(hw0c), tuple(hw1c), mc["border_rm"], mask0, mask1, device=f0.device)
+        v0 = v1 = None
         if mask0 is not None:
-            sim = sim.masked_fill(~(mask0.flatten(1)[:, :, None] & mask1.flatten(1)[:, None, :]), MASKED)
-        conf = sim if mc["skip_softmax"] else dual_softmax(sim)
-        out["conf"] = conf
-        ok0, ok1 = border_mask(tuple(hw0c), tuple(hw1c), mc["border_rm"], mask0, mask1, device=conf.device)
-        b_ids, i_ids, j_ids, mconf = mutual_matches(conf, mc["thr"], ok0, ok1)
+            v0, v1 = mask0.flatten(1), mask1.flatten(1)
+        if not mc["skip_softmax"] and bs * f0.shape[1] * f1.shape[1] > DENSE_CONF_MAX_ENTRIES:
+            b_ids, i_ids, j_ids, mconf = blockwise_dual_softmax_matches(   # large images: memory-bounded
+                f0 / dim ** .5, f1 / dim ** .5, mc["dsmax_temperature"], mc["thr"], ok0, ok1, v0, v1)
+        else:
+            sim = torch.einsum("nlc,nsc->nls", f0 / dim ** .5, f1 / dim ** .5) / mc["dsmax_temperature"]
+            if mask0 is not None:
+                sim = sim.masked_fill(~(v0[:, :, None] & v1[:, None, :]), MASKED)
+            conf = sim if mc["skip_softmax"] else dual_softmax(sim)
+            out["conf"] = conf
+            b_ids, i_ids, j_ids, mconf = mutual_matches(conf, mc["thr"], ok0, ok1)
         scale_c = image0.shape[2] / hw0c[0]
         mk0 = cell_centres(i_ids, hw0c[1], scale_c)
         mk1 = cell_centres(j_ids, hw1c[1], scale_c)
@@ -390,37 +398,43 @@ class EfficientLoFTRNet(nn.Module):
         else:
             fine0 = self.fine_preprocess(c0 / dim ** .5, x2_0, x1_0)
             fine1 = self.fine_preprocess(c1 / dim ** .5, x2_1, x1_1)
-        win0 = gather_windows(fine0, b_ids, i_ids, hw0c[1], stride, w, 0)
-        win1 = gather_windows(fine1, b_ids, j_ids, hw1c[1], stride, w + 2, 1)
-        out["fine_win0"], out["fine_win1"] = win0, win1
-
-        # stage 1: dual softmax between the windows, argmax in image 1's inner w x w
-        m, ww, cf = win0.shape
-        sd = cfg["match_fine"]["local_regress_slicedim"]
-        conf_f = torch.einsum("mlc,mrc->mlr", win0[..., :-sd] / cf ** .5, win1[..., :-sd] / cf ** .5)
-        conf_ff = torch.einsum("mlc,mrc->mlr", win0[..., -sd:], win1[..., -sd:] / sd ** .5)
-        soft = dual_softmax(conf_f).reshape(m, ww, w + 2, w + 2)[..., 1:-1, 1:-1].reshape(m, ww * ww)
-        idx = soft.argmax(dim=-1)
-        idx_l, idx_r = torch.div(idx, ww, rounding_mode="floor"), idx % ww
         scale_f = image0.shape[2] / (hw0c[0] * w)
-        delta_l = torch.stack([idx_l % w, torch.div(idx_l, w, rounding_mode="floor")], -1).float() - w // 2 + 0.5
-        delta_r = torch.stack([idx_r % w, torch.div(idx_r, w, rounding_mode="floor")], -1).float() - w // 2 + 0.5
-        mk0_s1 = mk0 + delta_l * scale_f
-        mk1_s1 = mk1 + delta_r * scale_f
-        out.update(idx_l=idx_l, idx_r=idx_r, mkpts0_stage1=mk0_s1, mkpts1_stage1=mk1_s1)
+        sd = cfg["match_fine"]["local_regress_slicedim"]
+        temp = cfg["match_fine"]["local_regress_temperature"]
 
-        # stage 2: 3x3 patch of the slice correlation at padded indices (iy-1..iy+1, ix-1..ix+1), -1 wraps
-        iy = torch.div(idx_r, w, rounding_mode="floor")
-        ix = idx_r % w
-        d = torch.arange(-1, 2, device=idx.device)
-        rows = iy[:, None, None] + d[None, :, None]
-        cols = ix[:, None, None] + d[None, None, :]
-        ffm = conf_ff.reshape(m, ww, w + 2, w + 2)
-        patch = ffm[torch.arange(m, device=idx.device)[:, None, None], idx_l[:, None, None], rows, cols]
-        heat = F.softmax(patch.reshape(m, 9) / cfg["match_fine"]["local_regress_temperature"], -1).reshape(m, 3, 3)
-        offset = spatial_expectation(heat)
-        out.update(fine_stage2_heatmap=heat, fine_stage2_offset=offset, keypoints0=mk0_s1,
-                   keypoints1=mk1_s1 + offset * (3 // 2) * scale_f)
+        def fine(a: int, z: int) -> dict:
+            """Both fine stages for matches a..z (independent per match, so they can run in chunks)."""
+            win0 = gather_windows(fine0, b_ids[a:z], i_ids[a:z], hw0c[1], stride, w, 0)
+            win1 = gather_windows(fine1, b_ids[a:z], j_ids[a:z], hw1c[1], stride, w + 2, 1)
+            res = {"fine_win0": win0, "fine_win1": win1}
+            # stage 1: dual softmax between the windows, argmax in image 1's inner w x w
+            m, ww, cf = win0.shape
+            conf_f = torch.einsum("mlc,mrc->mlr", win0[..., :-sd] / cf ** .5, win1[..., :-sd] / cf ** .5)
+            conf_ff = torch.einsum("mlc,mrc->mlr", win0[..., -sd:], win1[..., -sd:] / sd ** .5)
+            soft = dual_softmax(conf_f).reshape(m, ww, w + 2, w + 2)[..., 1:-1, 1:-1].reshape(m, ww * ww)
+            idx = soft.argmax(dim=-1)
+            idx_l, idx_r = torch.div(idx, ww, rounding_mode="floor"), idx % ww
+            delta_l = torch.stack([idx_l % w, torch.div(idx_l, w, rounding_mode="floor")], -1).float() - w // 2 + 0.5
+            delta_r = torch.stack([idx_r % w, torch.div(idx_r, w, rounding_mode="floor")], -1).float() - w // 2 + 0.5
+            mk0_s1 = mk0[a:z] + delta_l * scale_f
+            mk1_s1 = mk1[a:z] + delta_r * scale_f
+            res.update(idx_l=idx_l, idx_r=idx_r, mkpts0_stage1=mk0_s1, mkpts1_stage1=mk1_s1)
+            # stage 2: 3x3 patch of the slice correlation at padded indices (iy-1..iy+1, ix-1..ix+1); the
+            # original's index -1 wraps to the window's last row / column, kept as is
+            iy = torch.div(idx_r, w, rounding_mode="floor")
+            ix = idx_r % w
+            d = torch.arange(-1, 2, device=idx.device)
+            rows = iy[:, None, None] + d[None, :, None]
+            cols = ix[:, None, None] + d[None, None, :]
+            ffm = conf_ff.reshape(m, ww, w + 2, w + 2)
+            patch = ffm[torch.arange(m, device=idx.device)[:, None, None], idx_l[:, None, None], rows, cols]
+            heat = F.softmax(patch.reshape(m, 9) / temp, -1).reshape(m, 3, 3)
+            offset = spatial_expectation(heat)
+            res.update(fine_stage2_heatmap=heat, fine_stage2_offset=offset, keypoints0=mk0_s1,
+                       keypoints1=mk1_s1 + offset * (3 // 2) * scale_f)
+            return res
+
+        out.update(chunked_concat(fine, len(b_ids), self.fine_chunk))
         return out
 
 
@@ -447,16 +461,18 @@ class EfficientLoFTR(DetectorFreeMatcher):
       reparameterize: fuse the RepVGG branches after loading (the original README's "essential" speed step;
                       outputs change by float rounding only). Default False, which reproduces the original's
                       unfused outputs bit for bit in the tests.
+      precision:      'fp32' (default) or 'bf16' (torch autocast of the network, softmaxes in float32).
       resize_max, device: as every model.
     """
 
     name = "efficientloftr"
     input_mode = "gray"
-    default_conf = {"config": None, "weights": None, "reparameterize": False}
+    default_conf = {"config": None, "weights": None, "reparameterize": False, "precision": "fp32"}
     multiple = 32
 
     def __init__(self, **conf):
         super().__init__(**conf)
+        self.check_choice("precision", ("fp32", "bf16"))
         config = merge_nested(DEFAULT_CONFIG, self.conf["config"], self.name)
         spec = WEIGHTS["outdoor"]
         path = hub.find_weights(spec, override=self.conf["weights"])
@@ -482,15 +498,11 @@ class EfficientLoFTR(DetectorFreeMatcher):
     def forward_images(self, image0: np.ndarray, image1: np.ndarray) -> dict:
         """The network's output dict (see `EfficientLoFTRNet.forward`) for two uint8 grayscale images (H, W);
         sizes that are not multiples of 32 are zero-padded at the bottom/right, with padding masks."""
-        t0, t1 = gray_tensor(image0, self.device), gray_tensor(image1, self.device)
-        t0, p0 = pad_to_multiple(t0, self.multiple)
-        t1, p1 = pad_to_multiple(t1, self.multiple)
-        if p0 is None and p1 is None:
-            return self.net(t0, t1)
-        p0 = torch.ones(1, *t0.shape[2:], dtype=torch.bool, device=t0.device) if p0 is None else p0
-        p1 = torch.ones(1, *t1.shape[2:], dtype=torch.bool, device=t1.device) if p1 is None else p1
-        return self.net(t0, t1, coarse_mask(p0, 8), coarse_mask(p1, 8))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.conf["precision"] == "bf16"):
+            return run_padded(self.net, gray_tensor(image0, self.device), gray_tensor(image1, self.device),
+                              self.multiple)
 
     def _match_images(self, image0: np.ndarray, image1: np.ndarray) -> PairMatches:
         out = self.forward_images(image0, image1)
-        return PairMatches(out["keypoints0"].cpu(), out["keypoints1"].cpu(), out["confidence"].cpu())
+        return PairMatches(out["keypoints0"].float().cpu(), out["keypoints1"].float().cpu(),
+                           out["confidence"].float().cpu())

@@ -24,7 +24,6 @@ of 8 and passes the padding masks. Keypoints are the original's raw coordinates 
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import Optional
@@ -38,9 +37,10 @@ from .. import hub
 from ..checkpoints import load_weights
 from ..config import ConfigError
 from ..types import PairMatches
-from ._semidense import (MASKED, border_mask, cell_centres, check_size, checkpoint_state_dict, coarse_mask,
-                         dual_softmax, gather_windows, gray_tensor, log_optimal_transport, merge_nested, mutual_matches,
-                         normalized_grid, pad_to_multiple, spatial_expectation)
+from ._semidense import (DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask, cell_centres,
+                         check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows, gray_tensor,
+                         log_optimal_transport, merge_nested, mutual_matches, normalized_grid, run_padded,
+                         spatial_expectation)
 from .base import DetectorFreeMatcher
 
 logger = logging.getLogger(__name__)
@@ -311,6 +311,7 @@ class LoFTRNet(nn.Module):
             raise ConfigError("loftr: fine_concat_coarse_feat=False is not implemented (no released weights use it)")
         self.config = c
         self.window = int(c["fine_window_size"])
+        self.fine_chunk = 8192   # matches per fine-stage chunk (bounds memory; chunking changes float rounding only)
         self.backbone = ResNetFPN82(c["resnetfpn"]["initial_dim"], dims)
         self.loftr_coarse = LocalFeatureTransformer(c["coarse"])
         self.coarse_matching = CoarseMatching(c["match_coarse"])
@@ -352,11 +353,17 @@ class LoFTRNet(nn.Module):
             c0, c1 = self.loftr_coarse(c0, c1)
         out["feat_c0"], out["feat_c1"] = c0, c1
 
-        cm = self.coarse_matching(c0, c1, m0, m1)
-        out.update(cm)
-        ok0, ok1 = border_mask(tuple(hw0c), tuple(hw1c), self.config["match_coarse"]["border_rm"],
-                               mask0, mask1, device=c0.device)
-        b_ids, i_ids, j_ids, mconf = mutual_matches(cm["conf"], self.config["match_coarse"]["thr"], ok0, ok1)
+        mc = self.config["match_coarse"]
+        ok0, ok1 = border_mask(tuple(hw0c), tuple(hw1c), mc["border_rm"], mask0, mask1, device=c0.device)
+        big = bs * c0.shape[1] * c1.shape[1] > DENSE_CONF_MAX_ENTRIES
+        if self.coarse_matching.match_type == "dual_softmax" and big:
+            d = c0.shape[-1] ** .5   # large images: matches without the (L, S) matrices (memory-bounded)
+            b_ids, i_ids, j_ids, mconf = blockwise_dual_softmax_matches(
+                c0 / d, c1 / d, mc["dsmax_temperature"], mc["thr"], ok0, ok1, m0, m1)
+        else:
+            cm = self.coarse_matching(c0, c1, m0, m1)
+            out.update(cm)
+            b_ids, i_ids, j_ids, mconf = mutual_matches(cm["conf"], mc["thr"], ok0, ok1)
         scale_c = image0.shape[2] / hw0c[0]
         mk0 = cell_centres(i_ids, hw0c[1], scale_c)
         mk1 = cell_centres(j_ids, hw1c[1], scale_c)
@@ -368,28 +375,35 @@ class LoFTRNet(nn.Module):
                        fine_heatmap=c0.new_zeros(0, w, w))
             return out
         stride = hw0f[0] // hw0c[0]
-        win0 = gather_windows(f0, b_ids, i_ids, hw0c[1], stride, w, w // 2)
-        win1 = gather_windows(f1, b_ids, j_ids, hw1c[1], stride, w, w // 2)
-        out["fine_win_raw0"], out["fine_win_raw1"] = win0, win1
-        fp = self.fine_preprocess
-        down = fp.down_proj(torch.cat([c0[b_ids, i_ids], c1[b_ids, j_ids]], 0))
-        merged = fp.merge_feat(torch.cat([torch.cat([win0, win1], 0),
-                                          down[:, None, :].expand(-1, w * w, -1)], -1))
-        win0, win1 = merged.chunk(2, dim=0)
-        out["fine_feat0_preprocessed"], out["fine_feat1_preprocessed"] = win0, win1
-        win0, win1 = self.loftr_fine(win0, win1)
-        out["fine_feat0_transformed"], out["fine_feat1_transformed"] = win0, win1
-
-        c = win0.shape[-1]
-        sim = torch.einsum("mc,mrc->mr", win0[:, (w * w) // 2, :], win1)
-        heatmap = torch.softmax((1. / c ** .5) * sim, dim=1).view(-1, w, w)
-        coords = spatial_expectation(heatmap)
-        grid = normalized_grid(w, heatmap.device)
-        var = (grid[None] ** 2 * heatmap.view(-1, w * w, 1)).sum(1) - coords ** 2
-        std = torch.sqrt(torch.clamp(var, min=1e-10)).sum(-1)
         scale_f = image0.shape[2] / hw0f[0]
-        out.update(expec_f=torch.cat([coords, std[:, None]], -1), fine_heatmap=heatmap,
-                   keypoints0=mk0, keypoints1=mk1 + coords * (w // 2) * scale_f)
+
+        def fine(a: int, z: int) -> dict:
+            """The fine stage of matches a..z (independent per match, so it can run in chunks)."""
+            bi, ii, jj = b_ids[a:z], i_ids[a:z], j_ids[a:z]
+            win0 = gather_windows(f0, bi, ii, hw0c[1], stride, w, w // 2)
+            win1 = gather_windows(f1, bi, jj, hw1c[1], stride, w, w // 2)
+            res = {"fine_win_raw0": win0, "fine_win_raw1": win1}
+            fp = self.fine_preprocess
+            down = fp.down_proj(torch.cat([c0[bi, ii], c1[bi, jj]], 0))
+            merged = fp.merge_feat(torch.cat([torch.cat([win0, win1], 0),
+                                              down[:, None, :].expand(-1, w * w, -1)], -1))
+            win0, win1 = merged.chunk(2, dim=0)
+            res["fine_feat0_preprocessed"], res["fine_feat1_preprocessed"] = win0, win1
+            win0, win1 = self.loftr_fine(win0, win1)
+            res["fine_feat0_transformed"], res["fine_feat1_transformed"] = win0, win1
+            c = win0.shape[-1]
+            sim = torch.einsum("mc,mrc->mr", win0[:, (w * w) // 2, :], win1)
+            heatmap = torch.softmax((1. / c ** .5) * sim, dim=1).view(-1, w, w)
+            coords = spatial_expectation(heatmap)
+            grid = normalized_grid(w, heatmap.device)
+            var = (grid[None] ** 2 * heatmap.view(-1, w * w, 1)).sum(1) - coords ** 2
+            std = torch.sqrt(torch.clamp(var, min=1e-10)).sum(-1)
+            res.update(expec_f=torch.cat([coords, std[:, None]], -1), fine_heatmap=heatmap,
+                       keypoints1=mk1[a:z] + coords * (w // 2) * scale_f)
+            return res
+
+        out.update(chunked_concat(fine, len(b_ids), self.fine_chunk))
+        out["keypoints0"] = mk0
         return out
 
 
@@ -411,17 +425,21 @@ class LoFTR(DetectorFreeMatcher):
                   are errors.
       weights:    a checkpoint path (Lightning `state_dict` with `matcher.` prefixes, or a bare state_dict),
                   loaded strictly; None = the official file of `pretrained` (see `localfeat.hub`).
+      precision:  'fp32' (default; the parity tests) or 'bf16' (torch autocast of the network: convolutions,
+                  linear layers and matmuls in bfloat16, softmaxes in float32; faster on CPUs with AVX512-BF16/AMX
+                  and on GPUs, coarser keypoints).
       resize_max, device: as every model.
     """
 
     name = "loftr"
     input_mode = "gray"
-    default_conf = {"pretrained": "outdoor_ds", "config": None, "weights": None}
+    default_conf = {"pretrained": "outdoor_ds", "config": None, "weights": None, "precision": "fp32"}
     multiple = 8
 
     def __init__(self, **conf):
         super().__init__(**conf)
         self.check_choice("pretrained", WEIGHTS)
+        self.check_choice("precision", ("fp32", "bf16"))
         self.config = resolve_config(self.conf["pretrained"], self.conf["config"], self.name)
         self.net = LoFTRNet(self.config)
         self.weights_path = load_weights(self.net, WEIGHTS[self.conf["pretrained"]], self.conf["weights"],
@@ -436,15 +454,11 @@ class LoFTR(DetectorFreeMatcher):
     def forward_images(self, image0: np.ndarray, image1: np.ndarray) -> dict:
         """The network's output dict (see `LoFTRNet.forward`) for two uint8 grayscale images (H, W); images whose
         size is not a multiple of the network's are zero-padded at the bottom/right, with padding masks."""
-        t0, t1 = gray_tensor(image0, self.device), gray_tensor(image1, self.device)
-        t0, p0 = pad_to_multiple(t0, self.multiple)
-        t1, p1 = pad_to_multiple(t1, self.multiple)
-        if p0 is None and p1 is None:
-            return self.net(t0, t1)
-        p0 = torch.ones(t0.shape[0], *t0.shape[2:], dtype=torch.bool, device=t0.device) if p0 is None else p0
-        p1 = torch.ones(t1.shape[0], *t1.shape[2:], dtype=torch.bool, device=t1.device) if p1 is None else p1
-        return self.net(t0, t1, coarse_mask(p0, 8), coarse_mask(p1, 8))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.conf["precision"] == "bf16"):
+            return run_padded(self.net, gray_tensor(image0, self.device), gray_tensor(image1, self.device),
+                              self.multiple)
 
     def _match_images(self, image0: np.ndarray, image1: np.ndarray) -> PairMatches:
         out = self.forward_images(image0, image1)
-        return PairMatches(out["keypoints0"].cpu(), out["keypoints1"].cpu(), out["confidence"].cpu())
+        return PairMatches(out["keypoints0"].float().cpu(), out["keypoints1"].float().cpu(),
+                           out["confidence"].float().cpu())
