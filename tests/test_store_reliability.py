@@ -287,3 +287,24 @@ def test_cli_match_on_a_full_disk_prints_one_line_and_exits_1(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"localfeat match: error: [Errno {errno.EFBIG}] {out}: cannot ")
+
+
+# ------------------------------------------------------------------------------------------ store kind
+def test_a_store_knows_its_kind(tmp_path):
+    from localfeat.pipeline import match
+
+    feats, matches = tmp_path / "features.h5", tmp_path / "matches.h5"
+    with FeatureStore(feats, "w") as store:
+        store.put("a", features_for("a"))
+        store.put("b", features_for("b"))
+    before = feats.read_bytes()
+    with pytest.raises(StoreError, match=f"{feats} is a features store, not a matches store: choose another"):
+        match(feats, feats, [("a", "b")])  # `localfeat match F -o F`
+    assert feats.read_bytes() == before
+    with pytest.raises(StoreError, match="is a features store, not a matches store: read it as such"):
+        MatchStore(feats, "r")
+    match(feats, matches, [("a", "b")])
+    with pytest.raises(StoreError, match=f"{matches} is a matches store, not a features store"):
+        FeatureStore(matches, "a")
+    with h5py.File(matches, "r") as f:
+        assert f.attrs["kind"] == "matches"

@@ -51,6 +51,7 @@ FORMAT_VERSION = 1
 # `matches0` / `matching_scores0`). Files of other tools carry no FORMAT_ATTR: their layout is "foreign".
 LAYOUT_ATTR = "layout"
 LAYOUTS = ("localfeat", "hloc")
+KIND_ATTR = "kind"  # root attribute: "features" or "matches" (files written before it have none)
 
 
 class StoreError(ValueError):
@@ -123,6 +124,7 @@ class _H5Store:
     """Common machinery: main file + journal of complete chunk files (see module docstring)."""
 
     entry_dataset = ""  # a dataset whose presence marks a group as an entry
+    kind = ""  # "features" or "matches", recorded in the root attribute KIND_ATTR
 
     def __init__(self, path: str | os.PathLike, mode: str = "a", flush_every: int = 64,
                  flush_seconds: float = 5.0, flush_bytes: int = 64 << 20, layout: Optional[str] = None):
@@ -157,6 +159,7 @@ class _H5Store:
         self._main_keys: set[str] = set()
         self._scan()
         self.layout = self._check_layout(layout)
+        self._check_kind()
 
     # ------------------------------------------------------------------ reading
     def _entry_keys(self, f: h5py.File) -> list[str]:
@@ -339,7 +342,17 @@ class _H5Store:
             group.attrs[name] = value
 
     def _root_attrs(self) -> dict:
-        return {FORMAT_ATTR: FORMAT_VERSION, LAYOUT_ATTR: self.layout}
+        return {FORMAT_ATTR: FORMAT_VERSION, LAYOUT_ATTR: self.layout, KIND_ATTR: self.kind}
+
+    def _check_kind(self) -> None:
+        """Refuse a features file opened as matches and the other way round (files that record it)."""
+        for f in self._open_sources():
+            stored = f.attrs.get(KIND_ATTR)
+            if stored is not None and str(stored) != self.kind:
+                raise StoreError(f"{self.path} is a {stored} store, not a {self.kind} store: "
+                                 f"{'read it as such' if self.mode == 'r' else 'choose another output file'}")
+            if stored is not None:
+                return
 
     def flush(self) -> None:
         """Write buffered entries as one complete journal chunk.
@@ -440,6 +453,7 @@ class FeatureStore(_H5Store):
     """features.h5: `put(name, Features)`, `get(name) -> Features`, `names()`, `name in store`."""
 
     entry_dataset = "keypoints"
+    kind = "features"
 
     def __init__(self, path, mode: str = "a", model: Optional[str] = None, conf: Optional[dict] = None,
                  conf_hash: Optional[str] = None, **kwargs):
@@ -546,6 +560,7 @@ class MatchStore(_H5Store):
     """matches.h5: `put(name0, name1, Matches)`, `get(name0, name1) -> Matches`, `pairs()`."""
 
     entry_dataset = "indices"
+    kind = "matches"
 
     def _is_entry(self, group) -> bool:
         return "indices" in group or "matches0" in group  # ours or hloc's
