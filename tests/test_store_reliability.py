@@ -308,3 +308,26 @@ def test_a_store_knows_its_kind(tmp_path):
         FeatureStore(matches, "a")
     with h5py.File(matches, "r") as f:
         assert f.attrs["kind"] == "matches"
+
+
+# ------------------------------------------------------------------------------------------------ npz
+def test_damaged_npz_files_are_value_errors_naming_the_file(tmp_path):
+    from localfeat.io.npz import read_npz, write_npz
+
+    good = tmp_path / "good.r2d2"
+    write_npz(good, features_for("g"))
+    data = good.read_bytes()
+    cases = {"empty.r2d2": (b"", "not a readable npz file \\(EOFError"),
+             "truncated.r2d2": (data[: len(data) // 2], "not a readable npz file \\(BadZipFile"),
+             "five.r2d2": (b"hello", "not an npz file \\(neither a zip archive nor a .npy array; pickles are never loaded\\)")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"^{path}: {message}"):
+            read_npz(path)
+    bad_shape = tmp_path / "shape.r2d2"
+    with open(bad_shape, "wb") as f:
+        np.savez(f, keypoints=np.zeros(5, np.float32), descriptors=np.zeros((5, 4), np.float32), imsize=[4, 4])
+    with pytest.raises(ValueError, match=f"^{bad_shape}: not a readable npz file \\(IndexError"):
+        read_npz(bad_shape)
+    assert read_npz(good).equals(features_for("g"))

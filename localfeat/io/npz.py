@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -42,6 +43,20 @@ def write_npz(path: str | os.PathLike, features: Features) -> None:
 def read_npz(path: str | os.PathLike, image_size: Optional[tuple] = None) -> Features:
     """Read one R2D2 / D2-Net npz file. `image_size` (W, H) is needed when the file has no `imsize`."""
     path = Path(path)
+    try:
+        return _read_npz(path, image_size)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:  # ContractError included
+        message = str(exc)
+        if "pickled" in message:  # numpy's word for "neither a zip nor an .npy header"
+            message = "not an npz file (neither a zip archive nor a .npy array; pickles are never loaded)"
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable npz file ({type(exc).__name__}: {exc})") from None
+
+
+def _read_npz(path: Path, image_size: Optional[tuple]) -> Features:
     with np.load(path, allow_pickle=False) as data:
         missing = {"keypoints", "descriptors"} - set(data.files)
         if missing:
