@@ -265,10 +265,8 @@ def resize_long_side(image: torch.Tensor, long_side: int) -> tuple[torch.Tensor,
 
 def strict_maxima(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Boolean mask (..., H, W) of pixels STRICTLY greater than the other kernel_size^2 - 1 pixels of their
-    window, the image extended by replicating its border (kornia's `nms2d`, used by its DISK and LightGlue's).
-
-    Border replication makes a pixel compare with copies of its own row/column near the border, so
-    plateaus and pixels on the outermost row/column are never kept.
+    window (kornia's `nms2d`, used by its DISK and so by LightGlue's). Pixels closer than kernel_size // 2 to
+    the border, whose window leaves the image, are never kept; plateaus never are either.
     """
     if kernel_size % 2 != 1 or kernel_size < 1:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
@@ -282,7 +280,13 @@ def strict_maxima(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
         for dx in range(kernel_size):
             if dy != r or dx != r:
                 others = torch.maximum(others, padded[..., dy:dy + h, dx:dx + w])
-    return (x > others).reshape(*lead, h, w)
+    mask = x > others
+    if r:
+        mask[..., :r, :] = False
+        mask[..., h - r:, :] = False
+        mask[..., :, :r] = False
+        mask[..., :, w - r:] = False
+    return mask.reshape(*lead, h, w)
 
 
 def box_iou_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,

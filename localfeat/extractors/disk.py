@@ -8,11 +8,20 @@ Architecture and extraction follow the release (cvlab-epfl/disk `detect.py`, U-N
     up blocks:    bilinear x2 of the bottom input, concat [up, skip], InstanceNorm, PReLU, conv
     output (B, 129, H, W): channels 0..127 raw descriptors, channel 128 heatmap logits
 
-Extraction (`detect.py --mode nms`): the image is padded with zeros (bottom/right) to a multiple of 16,
+Extraction, `style='disk'` (the release's `detect.py --mode nms`): the image is padded with zeros (bottom/right) to a multiple of 16,
 a pixel is a keypoint when it is the max-pool argmax of its `nms_window` window and its logit is
 > `detection_threshold`; the descriptor is the raw map at that pixel, L2-normalised; the score is the
 heatmap logit. Keypoints are integer pixel positions (pixel-centre convention, no offset), sorted by
 decreasing score, those falling into the padding dropped.
+
+Extraction, `style='lightglue'` (kornia's `DISK.forward`, which cvg/LightGlue's `DISK` extractor calls; kornia
+0.9.0): zero-padding to 16 as above, both maps cropped back to the image, then keypoints = STRICT maxima of the
+`nms_window` window (the image border replicated: `ops.strict_maxima`) with logit > `detection_threshold`;
+with more than `max_keypoints` of them, the `max_keypoints` highest (ties at the last score in raster order);
+keypoints stay in raster order. LightGlue's preset also resizes the image so that its long side is 1024
+pixels, upscaling included: `long_side=1024` (keypoints mapped back with (k + 0.5) * original / resized - 0.5).
+So `load_extractor('disk', style='lightglue', long_side=1024, max_keypoints=2048)` is LightGlue's
+`DISK(max_num_keypoints=2048)`.
 """
 from __future__ import annotations
 
@@ -25,7 +34,9 @@ import torch.nn.functional as F
 
 from .. import hub
 from ..checkpoints import load_weights
-from ..ops import argmax_pool_nms, image_to_tensor, l2_normalize
+from ..io.images import map_keypoints_to_original
+from ..ops import argmax_pool_nms, image_to_tensor, l2_normalize, resize_long_side, strict_maxima
+from ..registry import ConfigError
 from ..types import Features
 from .base import Extractor
 
@@ -51,6 +62,7 @@ LIGHTGLUE = {
         "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335", "Apache-2.0"),
     "input_dim": 128,
 }
+STYLES = ("disk", "lightglue")
 DESC_DIM = 128
 KERNEL = 5
 DOWN = (16, 32, 64, 64, 64)
@@ -129,6 +141,23 @@ def pad_to_multiple(image: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tens
     return F.pad(image, (0, -w % multiple, 0, -h % multiple))
 
 
+def lightglue_keypoints(heatmap: torch.Tensor, window: int = 5, threshold: float = 0.0,
+                        max_keypoints: int | None = None):
+    """kornia's DISK keypoints on one heatmap (H, W) of logits (already cropped to the image) ->
+    (xy long (N, 2), scores (N,)) in raster order: strict window maxima above `threshold`; with more than
+    `max_keypoints`, the best ones, ties at the last kept score taken in raster order."""
+    keep = strict_maxima(heatmap, window) & (heatmap > threshold)
+    yx = keep.nonzero()
+    scores = heatmap[keep]
+    if max_keypoints is not None and scores.numel() > max_keypoints:
+        last = torch.topk(scores, max_keypoints).values[-1]
+        sel = scores > last
+        ties = torch.nonzero(scores == last)[:, 0][: max_keypoints - int(sel.sum())]
+        sel[ties] = True
+        yx, scores = yx[sel], scores[sel]
+    return yx.flip(1), scores
+
+
 def nms_keypoints(heatmap: torch.Tensor, window: int = 5, threshold: float = 0.0,
                   max_keypoints: int | None = None, official_n_rule: bool = False,
                   valid_hw: tuple[int, int] | None = None):
@@ -164,14 +193,18 @@ class DISK(Extractor):
 
     Config:
       variant:   'depth' (default, depth-save.pth) or 'epipolar' (epipolar-save.pth).
+      style:     'disk' (the release's detect.py) or 'lightglue' (kornia / LightGlue; see module docstring).
+      long_side: None (the image as given) or resize so that max(H, W) = long_side, up or down, as
+                 LightGlue's extractor (1024 in its preset); keypoints are in original-image pixels.
       weights:   None (official file of the variant) or a path to any compatible checkpoint
                  (bare state_dict, or a dict with 'extractor' / 'disk' entries as the release saves).
       max_keypoints: None (all NMS maxima, as detect.py's default) or the number of best ones to keep.
       nms_window: odd NMS window size in pixels (detect.py --window, 5).
       detection_threshold: keep logits strictly above it (detect.py cutoff 0).
-      official_n_rule: apply the release's top-n rule, which also drops the weakest keypoint when the
-                 image has <= max_keypoints maxima (False: exactly the min(n, count) best).
-    Output: scores are heatmap logits; no scales/orientations.
+      official_n_rule: style 'disk' only: apply the release's top-n rule, which also drops the weakest
+                 keypoint when the image has <= max_keypoints maxima (False: exactly the min(n, count) best).
+    Output: scores are heatmap logits; no scales/orientations. Order: by decreasing score ('disk'),
+    raster order of the processed image ('lightglue').
     """
 
     name = "disk"
@@ -180,6 +213,8 @@ class DISK(Extractor):
     default_conf = {
         "variant": "depth",
         "weights": None,
+        "style": "disk",
+        "long_side": None,
         "max_keypoints": None,
         "nms_window": 5,
         "detection_threshold": 0.0,
@@ -190,6 +225,11 @@ class DISK(Extractor):
         super().__init__(**conf)
         c = self.conf
         self.check_choice("variant", WEIGHTS)
+        self.check_choice("style", STYLES)
+        self.check_count("long_side")
+        if c["style"] == "lightglue" and c["official_n_rule"]:
+            raise ConfigError("disk: official_n_rule is the detect.py rule (style='disk'); style='lightglue' "
+                              "has kornia's own top-n rule")
         self.check_count("max_keypoints")
         self.check_count("nms_window", allow_none=False, odd=True)
         self.net = DiskNet()
@@ -203,12 +243,22 @@ class DISK(Extractor):
 
     @torch.no_grad()
     def _extract(self, image: np.ndarray) -> Features:
+        c = self.conf
         h, w = image.shape[:2]
-        x = pad_to_multiple(image_to_tensor(image, device=self.device))
-        desc, heat = self.net(x)
-        xy, scores = nms_keypoints(heat[0, 0], self.conf["nms_window"], float(self.conf["detection_threshold"]),
-                                   self.conf["max_keypoints"], self.conf["official_n_rule"], valid_hw=(h, w))
-        order = torch.argsort(scores, descending=True, stable=True)
-        xy, scores = xy[order], scores[order]
+        x, factors = image_to_tensor(image, device=self.device), (1.0, 1.0)
+        if c["long_side"] is not None:
+            x, factors = resize_long_side(x, c["long_side"])
+        ph, pw = x.shape[-2:]
+        desc, heat = self.net(pad_to_multiple(x))
+        if c["style"] == "lightglue":
+            desc, heat = desc[..., :ph, :pw], heat[..., :ph, :pw]
+            xy, scores = lightglue_keypoints(heat[0, 0], c["nms_window"], float(c["detection_threshold"]),
+                                             c["max_keypoints"])
+        else:
+            xy, scores = nms_keypoints(heat[0, 0], c["nms_window"], float(c["detection_threshold"]),
+                                       c["max_keypoints"], c["official_n_rule"], valid_hw=(ph, pw))
+            order = torch.argsort(scores, descending=True, stable=True)
+            xy, scores = xy[order], scores[order]
         d = l2_normalize(desc[0][:, xy[:, 1], xy[:, 0]].t())
-        return Features(xy.float().cpu().numpy(), scores.cpu().numpy(), d.cpu().numpy(), (w, h))
+        kpts = map_keypoints_to_original(xy.float().cpu().numpy(), factors)
+        return Features(kpts, scores.cpu().numpy(), d.cpu().numpy(), (w, h))
