@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from .datasets.photos import bundled_photo_dir
+from .geometry import fundamental_inliers
 from .io.atomic import write_text_atomic
 from .io.images import read_image
 from .io.h5 import FeatureStore, MatchStore
@@ -65,10 +66,7 @@ def run_demo(out_dir: Path) -> dict:
             good = np.linalg.norm(proj - p1, axis=1) <= 3.0
             kind = "correct (<= 3 px of the true homography)"
         else:  # real stereo pair: inliers of a RANSAC fundamental matrix
-            good = np.zeros(len(m), bool)
-            if len(m) >= 8:
-                _, mask = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, 1.0, 0.999, 10000)
-                good = mask.ravel().astype(bool) if mask is not None else good
+            good = fundamental_inliers(p0, p1, threshold=1.0)
             kind = "RANSAC fundamental-matrix inliers (1 px)"
         picture = draw_matches(read_image(images / a), read_image(images / b), f0.keypoints, f1.keypoints,
                                m.indices, inliers=good, max_lines=600)

@@ -134,6 +134,23 @@ def estimate_homography(src, dst, params: RansacParams = RansacParams()) -> tupl
     raise ValueError(f"unknown RANSAC method {params.method!r}; use 'opencv', 'opencv-usac' or 'poselib'")
 
 
+def fundamental_inliers(points0, points1, threshold: float = 1.0, confidence: float = 0.999,
+                        max_iters: int = 10000) -> np.ndarray:
+    """Inlier mask (M,) bool of a fundamental matrix fitted to matched points (M, 2) <-> (M, 2) (pixels)
+    with OpenCV's MAGSAC++ (`cv2.USAC_MAGSAC`); `threshold` in pixels. Fewer than 8 matches, or no
+    model found: no inliers."""
+    import cv2
+
+    p0, p1 = _as_points(points0, "points0"), _as_points(points1, "points1")
+    if len(p0) != len(p1):
+        raise ValueError(f"points0 has {len(p0)} rows but points1 has {len(p1)}")
+    if len(p0) < 8:
+        return np.zeros(len(p0), bool)
+    _, mask = cv2.findFundamentalMat(p0.astype(np.float64), p1.astype(np.float64), cv2.USAC_MAGSAC,
+                                     float(threshold), float(confidence), int(max_iters))
+    return mask.ravel().astype(bool) if mask is not None else np.zeros(len(p0), bool)
+
+
 def homography_about_centre(image_size, angle_deg: float = 0.0, scale: float = 1.0,
                             perspective=(0.0, 0.0), shear: float = 0.0) -> np.ndarray:
     """A homography (3, 3) rotating by `angle_deg`, scaling by `scale`, shearing and tilting

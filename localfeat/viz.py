@@ -1,7 +1,8 @@
 """Pictures: keypoints on an image, matches between two images, dense score maps.
 
 Drawing is done with OpenCV on uint8 RGB arrays (fast, deterministic, no display needed);
-`save_png` writes atomically. Coordinates follow the data contract (pixel centres at integers).
+`save_image` writes atomically in the format of the file's extension. `with_header` puts title lines
+and a colour legend above a picture. Coordinates follow the data contract (pixel centres at integers).
 """
 from __future__ import annotations
 
@@ -18,15 +19,52 @@ GREEN, RED = (40, 200, 60), (230, 40, 40)
 _SUBPIXEL = 4  # cv2 drawing with 4 fractional bits: sub-pixel positions are drawn where they are
 
 
-def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    """Write an RGB uint8 image as PNG, atomically."""
+IMAGE_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write an RGB (H, W, 3) or gray (H, W) uint8 image atomically, encoded as its extension says
+    (PNG, JPEG at quality 95, WebP, BMP, TIFF); another extension is a ValueError."""
     path = Path(path)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    ext = path.suffix.lower()
+    if ext not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot tell the image format from the extension {ext or '(none)'!r}; "
+                         f"use one of {', '.join(IMAGE_FORMATS)}")
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, bgr, params)
     if not ok:
-        raise ValueError(f"cannot encode a PNG for {path}")
+        raise ValueError(f"cannot encode {path} as {ext}")
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
     return path
+
+
+save_png = save_image  # the former name, kept for callers that write .png files
+
+
+def with_header(picture: np.ndarray, lines: list[str], legend: Optional[list] = None) -> np.ndarray:
+    """`picture` (H, W, 3) below a white strip holding `lines` of text (ASCII; other characters show
+    as '?', a limit of OpenCV's fonts) and a legend: (RGB colour, label) swatches on the last row."""
+    width = picture.shape[1]
+    scale = float(np.clip(width / 1400, 0.45, 1.0))
+    line_h = int(round(30 * scale)) + 4
+    rows = len(lines) + (1 if legend else 0)
+    header = np.full((rows * line_h + 8, width, 3), 255, np.uint8)
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(1, int(round(1.5 * scale)))
+    for k, text in enumerate(lines):
+        text = text.encode("ascii", "replace").decode()
+        cv2.putText(header, text, (8, (k + 1) * line_h - 6), font, 0.8 * scale, (0, 0, 0), thick, cv2.LINE_AA)
+    if legend:
+        x, y = 8, rows * line_h - 6
+        for color, label in legend:
+            size = int(16 * scale) + 4
+            cv2.rectangle(header, (x, y - size + 2), (x + size, y + 2), tuple(int(v) for v in color), -1)
+            x += size + 6
+            label = label.encode("ascii", "replace").decode()
+            cv2.putText(header, label, (x, y), font, 0.7 * scale, (0, 0, 0), thick, cv2.LINE_AA)
+            x += cv2.getTextSize(label, font, 0.7 * scale, thick)[0][0] + 24
+    return np.concatenate([header, picture], axis=0)
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:

@@ -58,7 +58,9 @@ def test_view_writes_a_match_picture_that_differs_from_the_plain_images(sacre_co
                  "--matches", str(out / "matches.h5"), "-o", str(png)]) == 0
     picture = read_image(png)
     plain, _ = side_by_side(read_image(images / names[0]), read_image(images / names[1]))
-    assert picture.shape == plain.shape
+    header = len(picture) - len(plain)  # title and legend above the pair
+    assert 40 <= header <= 200 and picture.shape[1:] == plain.shape[1:]
+    picture = picture[header:]
     changed = np.any(picture != plain, axis=2).mean()
     assert changed > 0.01  # lines drawn over at least 1% of the pixels
 
@@ -72,7 +74,9 @@ def test_view_writes_a_match_picture_that_differs_from_the_plain_images(sacre_co
 
     kp_png = out / "kp.png"
     assert main(["view", str(images / names[0]), "--features", str(out / "features.h5"), "-o", str(kp_png)]) == 0
-    assert np.any(read_image(kp_png) != read_image(images / names[0]))
+    drawn, plain = read_image(kp_png), read_image(images / names[0])
+    assert drawn.shape[1:] == plain.shape[1:] and 40 <= len(drawn) - len(plain) <= 200  # a title above
+    assert np.any(drawn[len(drawn) - len(plain):] != plain)
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch
 
 import localfeat
 from conftest import fetched_weights, shared
+from localfeat.cli import main
 from localfeat.io.h5 import FeatureStore, MatchStore, StoreError
 from localfeat.io.images import list_images
 from localfeat.pairs import read_pairs, write_pairs
@@ -102,9 +103,12 @@ def test_hloc_layout_is_read_by_hlocs_own_code(tmp_path, two_images):
     with h5py.File(tmp_path / "ours.h5", "r") as f:
         assert "image_size" not in f[names[0]] and f[names[0]]["descriptors"].shape[1] == 128
 
-    localfeat.extract(root, feats, model="sift", conf=SIFT, layout="hloc")
-    report = localfeat.match(feats, matches, pairs=[tuple(names)], conf={"ratio": 0.9}, layout="hloc")
-    assert len(report.done) == 1
+    sift_args = ["--conf", "max_keypoints=300", "resize_max=400"]
+    assert main(["extract", str(root), "-o", str(feats), "--layout", "hloc"] + sift_args) == 0
+    pairs_file = tmp_path / "pairs.txt"
+    write_pairs(pairs_file, [tuple(names)])
+    assert main(["match", str(feats), "-o", str(matches), "--pairs", str(pairs_file), "--conf", "ratio=0.9",
+                 "--layout", "hloc"]) == 0
     ours = FeatureStore(tmp_path / "ours.h5", mode="r")
     assert sorted(hloc_list_h5_names(feats)) == sorted(names)
     for name in names:
@@ -326,3 +330,133 @@ def test_sfm_registers_photos_with_spaces_and_unicode_in_their_names(tmp_path):
     assert read_pairs(tmp_path / "out" / "pairs.txt")[0] == (names[0], names[1])
     rec = pycolmap.Reconstruction(str(tmp_path / "out" / "sparse"))
     assert sorted(im.name for im in rec.images.values()) == names
+
+
+# ------------------------------------------------------------------------- the command line's answers
+def _one_line_error(capsys, verb: str, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"localfeat {verb}: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_cli_conf_items_leave_the_positional_argument_alone(tmp_path, two_images):
+    root, names = two_images
+    # Before: `--conf max_keypoints=200 IMAGES` took IMAGES as a config item ("the following arguments
+    # are required: images").
+    assert main(["extract", "--conf", "max_keypoints=200", "resize_max=400", str(root), "-o",
+                 str(tmp_path / "f.h5")]) == 0
+    store = FeatureStore(tmp_path / "f.h5", mode="r")
+    assert store.names() == sorted(names) and store.stored_conf()["max_keypoints"] == 200
+    assert max(len(store.get(n)) for n in names) == 200
+    from localfeat.cli.args import attach_key_values
+
+    assert attach_key_values(["x", "--conf", "a=1", "b=[1,2]", "IMG", "--conf", "c=3", "-o", "o"]) == \
+        ["x", "--conf=a=1", "--conf=b=[1,2]", "IMG", "--conf=c=3", "-o", "o"]
+
+
+def test_cli_failed_images_give_exit_code_3_and_keep_the_rest(tmp_path, two_images, capsys):
+    root, names = two_images
+    images = tmp_path / "imgs"
+    shutil.copytree(root, images)
+    (images / "broken.png").write_bytes(b"not an image")
+    # Before: `--on-error skip` exited 0 although an image had failed.
+    assert main(["extract", str(images), "-o", str(tmp_path / "f.h5")] + ["--conf", "max_keypoints=100"]) == 3
+    assert "1 failed" in capsys.readouterr().out
+    assert FeatureStore(tmp_path / "f.h5", mode="r").names() == sorted(names)
+
+
+def test_cli_ordinary_mistakes_are_one_line_errors(tmp_path, two_images, capsys):
+    root, names = two_images
+    feats = tmp_path / "f.h5"
+    assert main(["extract", str(root), "-o", str(feats), "--conf", "max_keypoints=100"]) == 0
+    capsys.readouterr()
+    # ratio=1.5 was accepted (every distance passes a ratio above 1).
+    assert main(["match", str(feats), "-o", str(tmp_path / "m.h5"), "--exhaustive", "--conf", "ratio=1.5"]) == 2
+    _one_line_error(capsys, "match", "ratio", "1.5")
+    # `view` of an image that is not in the store: was a KeyError traceback.
+    other = tmp_path / "other.ppm"
+    shutil.copy(root / names[0], other)
+    assert main(["view", str(other), "--features", str(feats), "-o", str(tmp_path / "v.png")]) == 2
+    _one_line_error(capsys, "view", "has no image named 'other.ppm'", "--root")
+    # A second `train -o` into an existing run: was a TrainError traceback.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    assert main(["train", "--config", "smoke", "-o", str(run)]) == 2
+    _one_line_error(capsys, "train", "already holds a run", "--resume")
+    # Output in a folder that cannot be written: was a PermissionError traceback after the first image.
+    folder = _unwritable_folder(tmp_path)
+    assert main(["extract", str(root), "-o", str(folder / "f.h5")]) == 2
+    _one_line_error(capsys, "extract", "is not writable", "choose another output path")
+    # Extracting into the store with another config: the differing keys are named.
+    assert main(["extract", str(root), "-o", str(feats), "--conf", "max_keypoints=50"]) == 2
+    _one_line_error(capsys, "extract", "differing keys: max_keypoints (stored 100, now 50)")
+
+
+def test_cli_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path, two_images, capsys, monkeypatch):
+    import localfeat.pipeline as pipeline
+
+    root, names = two_images
+    real = pipeline.load_extractor
+
+    def interrupted_after_one(name, **conf):
+        extractor = real(name, **conf)
+        calls = []
+        original = extractor.extract
+
+        def extract(image):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+            return original(image)
+
+        extractor.extract = extract
+        return extractor
+
+    monkeypatch.setattr(pipeline, "load_extractor", interrupted_after_one)
+    out = tmp_path / "f.h5"
+    # Before: 12 frames of KeyboardInterrupt traceback and no word on what was kept.
+    assert main(["extract", str(root), "-o", str(out), "--conf", "max_keypoints=100"]) == 130
+    _one_line_error(capsys, "extract", "interrupted: 1 done", f"saved in {out}", "rerun the same command to resume")
+    monkeypatch.setattr(pipeline, "load_extractor", real)
+    assert main(["extract", str(root), "-o", str(out), "--conf", "max_keypoints=100"]) == 0
+    assert "1 done, 1 already present" in capsys.readouterr().out
+
+
+def test_view_draws_title_legend_ransac_inliers_in_the_requested_format(tmp_path, two_images, capsys):
+    import cv2
+
+    root, names = two_images
+    feats, matches = tmp_path / "f.h5", tmp_path / "m.h5"
+    assert main(["extract", str(root), "-o", str(feats), "--conf", "max_keypoints=500"]) == 0
+    assert main(["match", str(feats), "-o", str(matches), "--exhaustive"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "pair.jpg"
+    assert main(["view", str(root / names[0]), str(root / names[1]), "--root", str(root), "--features",
+                 str(feats), "--matches", str(matches), "--ransac", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # Before: PNG bytes in a .jpg file, no title, no legend, every line drawn, no inlier colouring.
+    assert out.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
+    m = MatchStore(matches, mode="r").get(*names)
+    f0, f1 = (FeatureStore(feats, mode="r").get(n) for n in names)
+    from localfeat.geometry import fundamental_inliers
+
+    inliers = fundamental_inliers(f0.keypoints[m.indices[:, 0]], f1.keypoints[m.indices[:, 1]], 1.0)
+    assert 0 < inliers.sum() < len(m) and len(m) > 300
+    assert f"500 / 500 keypoints, {len(m)} matches, {int(inliers.sum())} RANSAC inliers" in printed
+    picture = cv2.imread(str(out))[..., ::-1]
+    h = max(cv2.imread(str(root / n)).shape[0] for n in names)
+    header = picture[: picture.shape[0] - h]
+    assert 40 <= len(header) <= 200  # title lines and legend above the images
+    from localfeat.viz import GREEN, RED
+
+    for colour in (GREEN, RED):  # legend swatches (JPEG: within a small tolerance)
+        assert (np.abs(header.astype(int) - colour).max(axis=2) < 40).sum() > 50
+    assert (header.min(axis=2) < 60).sum() > 200  # black title text
+    with pytest.raises(ValueError, match="cannot tell the image format from the extension '.pgx'"):
+        from localfeat.viz import save_image
+
+        save_image(tmp_path / "x.pgx", picture)

@@ -8,6 +8,34 @@ from __future__ import annotations
 
 import argparse
 
+# Exit codes of every verb: 0 done; 1 the system refused (disk full, I/O); 2 a usage, config or input error
+# (nothing or part done, one line on stderr says what to do); 3 done except some inputs that failed (listed;
+# what succeeded is saved); 130 interrupted by Ctrl-C (what was done is saved; rerun the command to resume).
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+# Options taking KEY=VALUE items: `--conf a=1 b=2 IMAGES` must leave IMAGES to the positional argument
+# (argparse's nargs="*" would take it); `attach_key_values` rewrites such items as `--conf=a=1 --conf=b=2`.
+KEY_VALUE_OPTIONS = ("--conf", "--matcher-conf")
+
+
+def attach_key_values(argv: list[str]) -> list[str]:
+    """argv with each KEY=VALUE item after a KEY_VALUE_OPTIONS flag attached to its own flag; the first
+    item without '=' ends the list (it is a positional argument or another option)."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token not in KEY_VALUE_OPTIONS:
+            out.append(token)
+            continue
+        items = []
+        while i < len(argv) and "=" in argv[i] and not argv[i].startswith("-"):
+            items.append(argv[i])
+            i += 1
+        out.extend([f"{token}={item}" for item in items] or [token])
+    return out
+
 
 def add_command(subparsers, name: str, help: str, example: str, func) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with an example."""
@@ -22,7 +50,7 @@ def add_model_args(parser, default_model: str = "sift") -> None:
     """--model SPEC, --conf KEY=VALUE..., --resize-max N (read back with `model_spec`)."""
     parser.add_argument("--model", default=default_model, metavar="SPEC",
                         help="registered extractor as NAME or NAME:key=value,... (see `localfeat models`)")
-    parser.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--conf", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="model config, e.g. --conf max_keypoints=2048 rootsift=true")
     parser.add_argument("--resize-max", type=int, default=None,
                         help="downscale images so that max(H, W) <= N before extraction")
@@ -53,7 +81,8 @@ def add_matcher_args(parser, conf_option: str = "--matcher-conf", conf_help: str
     parser.add_argument("--matcher", default="nearest_neighbor", metavar="SPEC",
                         help="registered matcher as NAME or NAME:key=value,...")
     if conf_option:
-        parser.add_argument(conf_option, nargs="*", default=None, metavar="KEY=VALUE", help=conf_help)
+        parser.add_argument(conf_option, nargs="*", action="extend", default=None, metavar="KEY=VALUE",
+                            help=conf_help)
 
 
 def matcher_spec(args, conf_attr: str = "matcher_conf") -> tuple[str, dict | None]:

@@ -7,6 +7,9 @@ import numpy as np
 
 from .args import _merge_spec, add_command, add_matcher_args, add_model_args, add_pair_args, matcher_spec, \
     model_spec, resolve_pairs
+from .args import EXIT_PARTIAL
+
+DEFAULT_MAX_LINES = 300  # `view`: more lines than this hide the pictures they are drawn on
 
 
 def cmd_extract(args) -> int:
@@ -14,9 +17,9 @@ def cmd_extract(args) -> int:
 
     name, conf = model_spec(args)
     report = extract(args.images, args.output, model=name, conf=conf, on_error=args.on_error,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, root=args.root, layout=args.layout)
     print(f"extract -> {args.output}: {report.summary()}")
-    return 1 if report.failed and args.on_error == "fail" else 0
+    return EXIT_PARTIAL if report.failed else 0
 
 
 def cmd_match_images(args) -> int:
@@ -50,9 +53,10 @@ def cmd_match(args) -> int:
         return cmd_match_images(args)
     name, conf = matcher_spec(args, conf_attr="conf")
     pairs = resolve_pairs(args, lambda: FeatureStore(args.features, mode="r").names())
-    report = match(args.features, args.output, pairs, matcher=name, conf=conf or {}, overwrite=args.overwrite)
+    report = match(args.features, args.output, pairs, matcher=name, conf=conf or {}, overwrite=args.overwrite,
+                   layout=args.layout)
     print(f"match -> {args.output}: {report.summary()}")
-    return 0
+    return EXIT_PARTIAL if report.failed else 0
 
 
 def _load_inliers(path: str) -> np.ndarray:
@@ -62,15 +66,29 @@ def _load_inliers(path: str) -> np.ndarray:
     return np.loadtxt(path).astype(bool).reshape(-1)
 
 
-def view(args) -> Path:
-    """Keypoints (one image), matches (two images) or --heatmaps (one image) as a PNG; returns its path."""
-    from ..io.h5 import FeatureStore, MatchStore
+def _score_legend(scores: np.ndarray) -> list:
+    from ..viz import score_colors
+
+    low, high = score_colors(np.array([0.0, 1.0]))
+    return [(low, f"score {float(scores.min()):.2f}"), (high, f"score {float(scores.max()):.2f}")]
+
+
+def view(args) -> tuple[Path, str]:
+    """Keypoints (one image), matches (two images) or --heatmaps (one image) as a picture in the format of
+    the output's extension, with a title (models, counts) and a legend. Returns (path, one-line summary)."""
+    from ..geometry import fundamental_inliers
+    from ..io.h5 import FeatureStore, MatchStore, StoreError
     from ..io.images import read_image, resize_max
-    from ..registry import load_extractor, load_matcher
-    from ..viz import score_colors, draw_heatmaps, draw_keypoints, draw_matches, save_png
+    from ..registry import get_class, load_extractor
+    from ..viz import GREEN, RED, draw_heatmaps, draw_keypoints, draw_matches, save_image, score_colors, \
+        with_header
 
     if len(args.images) not in (1, 2):
         raise ValueError(f"view takes one or two images, got {len(args.images)}")
+    if args.inliers and args.ransac:
+        raise ValueError("give --inliers FILE or --ransac, not both")
+    if args.max_lines < 0:
+        raise ValueError(f"--max-lines must be >= 0 (0 = every match), got {args.max_lines}")
     paths = [Path(p) for p in args.images]
     images = [read_image(p) for p in paths]
 
@@ -86,30 +104,63 @@ def view(args) -> Path:
             raise ValueError(f"model {args.model!r} has no dense maps to show (--heatmaps)")
         # Heatmaps of the image the model sees (honours --resize-max; large images stay fast).
         shown, _ = resize_max(images[0], extractor.conf.get("resize_max"))
-        return save_png(args.output, draw_heatmaps(shown, extractor.dense_maps(shown)))
+        # Each panel carries its own title (map name and value range).
+        return save_image(args.output, draw_heatmaps(shown, extractor.dense_maps(shown))), \
+            f"dense maps of {extractor.name}"
     if args.features:
         store = FeatureStore(args.features, mode="r")
+        missing = [store_name(p) for p in paths if store_name(p) not in store]
+        if missing:
+            names = store.names()
+            raise StoreError(
+                f"{args.features} has no image named {missing[0]!r} (it holds {len(names)}, e.g. "
+                f"{names[:3]}); store names are paths relative to the image root: pass --root FOLDER")
+        identity = store.stored_identity()
+        model_name = identity[0] if identity else None
         feats = [store.get(store_name(p)) for p in paths]
     else:
+        model_name = extractor.name
         feats = [extractor.extract(img) for img in images]
     if len(paths) == 1:
         f = feats[0]
         colors = score_colors(f.scores) if len(f) else None
-        return save_png(args.output, draw_keypoints(images[0], f.keypoints, colors))
+        summary = f"{len(f)} keypoints ({model_name or 'features'})"
+        picture = with_header(draw_keypoints(images[0], f.keypoints, colors), [f"{paths[0].name}: {summary}"],
+                              _score_legend(f.scores) if len(f) else None)
+        return save_image(args.output, picture), summary
     if args.matches:
         matches = MatchStore(args.matches, mode="r").get(store_name(paths[0]), store_name(paths[1]),
                                                         num_keypoints=(len(feats[0]), len(feats[1])))
+        how = f"{model_name or 'features'}, matches from {Path(args.matches).name}"
     else:
         name, conf = matcher_spec(args, conf_attr="matcher_conf")
-        matches = load_matcher(name, **(conf or {})).match(feats[0], feats[1])
-    inliers = _load_inliers(args.inliers) if args.inliers else None
+        matcher_cls = get_class("matcher", name)
+        matcher = matcher_cls(**matcher_cls.conf_for_features(conf or {}, model_name))
+        matches = matcher.match(feats[0], feats[1])
+        how = f"{model_name or 'features'} + {matcher.name}"
+    inliers, legend = None, _score_legend(matches.scores) if len(matches) else None
+    counts = f"{len(feats[0])} / {len(feats[1])} keypoints, {len(matches)} matches"
+    if args.inliers:
+        inliers = _load_inliers(args.inliers)
+        counts += f", {int(inliers.sum())} inliers ({Path(args.inliers).name})"
+        legend = [(GREEN, "inlier"), (RED, "outlier")]
+    elif args.ransac:
+        inliers = fundamental_inliers(feats[0].keypoints[matches.indices[:, 0]],
+                                      feats[1].keypoints[matches.indices[:, 1]], threshold=args.ransac_px)
+        counts += f", {int(inliers.sum())} RANSAC inliers (fundamental matrix, {args.ransac_px:g} px)"
+        legend = [(GREEN, "RANSAC inlier"), (RED, "outlier")]
+    max_lines = args.max_lines or None
+    shown = min(len(matches), max_lines) if max_lines else len(matches)
+    lines = [f"{paths[0].name}  |  {paths[1].name}    ({how})",
+             counts + (f"; {shown} of {len(matches)} drawn (--max-lines)" if shown < len(matches) else "")]
     picture = draw_matches(images[0], images[1], feats[0].keypoints, feats[1].keypoints, matches.indices,
-                           inliers=inliers, scores=matches.scores, max_lines=args.max_lines)
-    return save_png(args.output, picture)
+                           inliers=inliers, scores=matches.scores, max_lines=max_lines)
+    return save_image(args.output, with_header(picture, lines, legend)), counts
 
 
 def cmd_view(args) -> int:
-    print(f"wrote {view(args)}")
+    path, summary = view(args)
+    print(f"view -> {path}: {summary}")
     return 0
 
 
@@ -123,6 +174,9 @@ def cmd_models(args) -> int:
             defaults = cls.all_defaults()
             print(f"  {name}")
             print("    config: " + ", ".join(f"{k}={v!r}" for k, v in defaults.items()))
+            aliases = cls.all_aliases()
+            if aliases:
+                print("    aliases (upstream names): " + ", ".join(f"{a} -> {k}" for a, k in aliases.items()))
             try:
                 specs = cls.weight_specs(defaults)
             except Exception as exc:  # a model's spec table should never break the listing
@@ -139,8 +193,12 @@ def register(sub, groups) -> None:
     p.add_argument("images", help="a folder (recursive), a glob in quotes, or a text file listing images")
     p.add_argument("-o", "--output", required=True, help="features.h5 to write (resumed if it exists)")
     add_model_args(p)
+    p.add_argument("--root", default=None, help="image root: names are paths relative to it (default: the "
+                   "folder; for a list file, its folder if it holds every image, else their deepest common folder)")
+    p.add_argument("--layout", choices=["localfeat", "hloc"], default=None,
+                   help="file layout of a new output: localfeat (default) or hloc (readable by hloc's code)")
     p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
-                   help="bad image: skip it and report at the end (default), or stop")
+                   help="bad image: skip it, report it and exit with code 3 at the end (default), or stop")
     p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
 
     p = add_command(sub, "match", "match image pairs of a FeatureStore into an HDF5 MatchStore, or (--model) "
@@ -162,13 +220,16 @@ def register(sub, groups) -> None:
                    help="with --model: also write per-image keypoints (grid-quantised) and index matches, "
                         "for `export colmap` / SfM")
     p.add_argument("--cell", type=float, default=8.0, help="grid cell size in pixels for --quantize (default 8)")
+    p.add_argument("--layout", choices=["localfeat", "hloc"], default=None,
+                   help="file layout of a new output: localfeat (default) or hloc (matches0 / matching_scores0)")
     p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
 
-    p = add_command(sub, "view", "draw keypoints of one image, or matches of two, as a PNG",
+    p = add_command(sub, "view", "draw keypoints of one image, or matches of two, with a title and a legend",
                     "localfeat view a.jpg b.jpg --features features.h5 --matches matches.h5 -o pair.png",
                     cmd_view)
     p.add_argument("images", nargs="+", help="one image (keypoints/heatmaps) or two (matches)")
-    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument("-o", "--output", required=True, help="picture to write; its extension sets the format "
+                   "(.png, .jpg, .webp, ...)")
     p.add_argument("--features", help="features.h5; without it, features are extracted with --model")
     p.add_argument("--matches", help="matches.h5 (two images); without it, images are matched with --matcher")
     p.add_argument("--root", default=None, help="image root the store names are relative to "
@@ -176,8 +237,12 @@ def register(sub, groups) -> None:
     add_model_args(p)
     add_matcher_args(p)
     p.add_argument("--inliers", metavar="FILE", help="npy/txt boolean mask (M,) colouring inliers green, outliers red")
+    p.add_argument("--ransac", action="store_true",
+                   help="colour matches green/red as inliers/outliers of a RANSAC fundamental matrix")
+    p.add_argument("--ransac-px", type=float, default=1.0, metavar="PX", help="RANSAC threshold (default 1 px)")
     p.add_argument("--heatmaps", action="store_true", help="draw the model's dense score maps over the image")
-    p.add_argument("--max-lines", type=int, default=None, help="draw at most N matches")
+    p.add_argument("--max-lines", type=int, default=DEFAULT_MAX_LINES,
+                   help=f"draw at most N matches, evenly spread (default {DEFAULT_MAX_LINES}; 0 = all)")
 
     add_command(sub, "models", "list registered extractors and matchers, defaults and weights status",
                 "localfeat models", cmd_models)

@@ -6,8 +6,12 @@ import logging
 import sys
 
 from . import core, dataset, demo, evaluate, exchange, retrieve, sfm, train
+from .args import EXIT_INTERRUPTED, attach_key_values
 
-DESCRIPTION = "The `localfeat` command. Each verb is a thin layer over a Python function."
+DESCRIPTION = ("The `localfeat` command. Each verb is a thin layer over a Python function. Exit codes: 0 done; "
+               "1 the system refused (disk full, I/O); 2 a usage, config or input error; 3 done except some "
+               "inputs that failed (listed; the rest is saved); 130 interrupted (what was done is saved: "
+               "rerun the command to resume).")
 
 # Verb-group modules in the order their verbs appear in --help; each has `register(sub, groups)`.
 VERB_MODULES = (core, exchange, evaluate, dataset, demo, sfm, train, retrieve)
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_key_values(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
@@ -66,12 +70,23 @@ def main(argv=None) -> int:
     from ..hub import WeightsNotFoundError
     from ..io.h5 import StoreError
     from ..io.images import ImageReadError
+    from ..pipeline import RunInterrupted
+    from ..train.trainer import TrainError
 
     try:
         return args.func(args) or 0
-    except (ConfigError, WeightsNotFoundError, StoreError, ImageReadError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, WeightsNotFoundError, StoreError, ImageReadError, FileNotFoundError, ValueError,
+            TrainError) as exc:
         print(f"localfeat {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        print(f"localfeat {args.command}: interrupted: {exc.report.summary().splitlines()[0]}; what was done is "
+              f"saved in {exc.output}: rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"localfeat {args.command}: interrupted; files written so far are complete (written atomically): "
+              "rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as exc:  # a full disk, permissions, I/O: the command was right, the system refused
         print(f"localfeat {args.command}: error: {exc}", file=sys.stderr)
         return 1
