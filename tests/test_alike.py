@@ -211,10 +211,12 @@ def test_nearest_sampling_without_sub_pixel():
 def test_bad_config_values():
     with pytest.raises(ConfigError, match=r"variant='alike-x' is not one of \['alike-l', 'alike-n'"):
         load_extractor("alike", variant="alike-x")
-    with pytest.raises(ConfigError, match="top_k must be None or a positive integer, got -1"):
+    with pytest.raises(ConfigError, match=r"max_keypoints \(given as top_k\) must be None or a positive .*got -1"):
         load_extractor("alike", variant="alike-t", top_k=-1)
-    with pytest.raises(ConfigError, match="unknown config key"):
-        load_extractor("alike", max_keypoints=10)
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['max_num_keypoints'\]; valid keys: .*'max_keyp"):
+        load_extractor("alike", max_num_keypoints=10)
+    with pytest.raises(ConfigError, match="scores_th=None keeps the max_keypoints best peaks .* needs max_keypoints"):
+        load_extractor("alike", variant="alike-t", scores_th=None, max_keypoints=None)
 
 
 # ------------------------------------------------------------------------------------- weights

@@ -56,3 +56,57 @@ def test_models_command_lists_defaults_and_weights(capsys):
     out = capsys.readouterr().out
     assert "  sift\n    config: resize_max=None, device=None, max_keypoints=None" in out
     assert "weights: not needed" in out and "nearest_neighbor" in out
+
+
+def _extractor_blocks(out: str) -> dict:
+    """`localfeat models` output -> {extractor name: its indented lines}."""
+    section = out.split("extractors:\n", 1)[1].split("matchers:\n", 1)[0]
+    blocks, name = {}, None
+    for line in section.splitlines():
+        if line.startswith("  ") and not line.startswith("    "):
+            name = line.strip()
+            blocks[name] = []
+        elif name is not None:
+            blocks[name].append(line.strip())
+    return blocks
+
+
+def test_every_extractor_has_max_keypoints_and_models_shows_it(capsys):
+    assert main(["models"]) == 0
+    blocks = _extractor_blocks(capsys.readouterr().out)
+    assert set(blocks) == set(model_classes("extractor"))
+    for name, cls in model_classes("extractor").items():
+        assert "max_keypoints" in cls.all_defaults(), name
+        config = next(line for line in blocks[name] if line.startswith("config: "))
+        assert f"max_keypoints={cls.all_defaults()['max_keypoints']!r}" in config, (name, config)
+    assert "aliases (upstream names): num_points -> max_keypoints, nms_size -> nms_window" in blocks["keynet"]
+    assert "aliases (upstream names): top_k -> max_keypoints, nms_kernel -> nms_window" in blocks["xfeat"]
+
+
+@pytest.mark.parametrize("name, given, ours", [
+    ("r2d2", {"top_k": 300}, {"max_keypoints": 300}),
+    ("xfeat", {"top_k": None, "nms_kernel": 3}, {"max_keypoints": None, "nms_window": 3}),
+    ("keynet", {"num_points": 100, "nms_size": 9}, {"max_keypoints": 100, "nms_window": 9}),
+    # ALIKE(D): n_limit caps threshold mode; top_k=k is the original's top-k mode (no threshold, n_limit unused)
+    ("aliked", {"n_limit": 2048}, {"max_keypoints": 2048}),
+    ("alike", {"top_k": 50, "n_limit": 10}, {"max_keypoints": 50, "scores_th": None}),
+    ("alike", {"top_k": None}, {}),
+    ("sift", {"max_keypoints": 7}, {"max_keypoints": 7}),
+])
+def test_upstream_names_are_aliases_of_ours(name, given, ours):
+    cls = model_classes("extractor")[name]
+    used = {}
+    assert cls.resolve_aliases(given, used) == ours
+    assert set(used) == {k for k in ours if k not in given and k != "scores_th"}
+
+
+@pytest.mark.parametrize("name, conf, message", [
+    ("r2d2", {"top_k": 10, "max_keypoints": 20}, r"r2d2: top_k=10 is the upstream name of max_keypoints, which is "
+                                                  r"also given \(max_keypoints=20\); give only max_keypoints"),
+    ("alike", {"top_k": 10, "max_keypoints": 20}, r"alike: top_k=10 is the upstream name of max_keypoints"),
+])
+def test_an_alias_and_our_key_with_different_values_is_an_error(name, conf, message):
+    with pytest.raises(ConfigError, match=message):
+        model_classes("extractor")[name].resolve_aliases(conf)
+    same = dict(conf, max_keypoints=conf["top_k"])
+    assert model_classes("extractor")[name].resolve_aliases(same)["max_keypoints"] == conf["top_k"]

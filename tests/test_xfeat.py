@@ -284,9 +284,11 @@ def test_weight_specs_and_hash():
 
 
 # ------------------------------------------------------------------------------------------ config, CLI
-@pytest.mark.parametrize("conf, word", [({"mode": "dense"}, "mode"), ({"top_k": -1}, "top_k"),
-                                        ({"top_k": 0}, "top_k"), ({"nms_kernel": 4}, "nms_kernel"),
-                                        ({"n_limit": 5}, "n_limit")])
+@pytest.mark.parametrize("conf, word", [({"mode": "dense"}, "mode"),
+                                        ({"top_k": -1}, r"max_keypoints \(given as top_k\) must be None or a pos"),
+                                        ({"max_keypoints": 0}, "max_keypoints must be None or a positive"),
+                                        ({"nms_kernel": 4}, r"nms_window \(given as nms_kernel\) must be an odd"),
+                                        ({"n_limit": 5}, r"unknown config key\(s\) \['n_limit'\]")])
 def test_bad_config_is_rejected(conf, word):
     with pytest.raises(ConfigError, match=word):
         load_extractor("xfeat", device="cpu", **conf)

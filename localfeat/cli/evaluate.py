@@ -7,7 +7,7 @@ from pathlib import Path
 from .args import add_command, add_matcher_args, add_model_args, matcher_spec, model_spec
 
 EVAL_EXAMPLE = ("localfeat eval hpatches --root hpatches-sequences-release --model sift "
-                "--model aliked:variant=aliked-n16rot,n_limit=2048 --top-k 5000 -o out/hpatches "
+                "--model aliked:variant=aliked-n16rot,max_keypoints=2048 --top-k 5000 -o out/hpatches "
                 "--compare-published R2D2=published_hpatches/r2d2.npy")
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_weights
+from ..config import ConfigError, check_choice
 from ..ops import iterative_max_pool_nms, top_k_indices
-from ..registry import check_choice
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
@@ -125,12 +125,40 @@ def detect_keypoints(scores_map: torch.Tensor, radius: int = 2, border: tuple[in
 class AlikeFamily(Extractor):
     """What ALIKE and ALIKED share: `variant` -> network arguments (`configs`) and official file
     (`weight_table[variant]`, the WEIGHTS of the subclass's module), strict loading of the state dict,
-    the top_k / n_limit checks, and channels-last activations (oneDNN's convolutions are ~1.3-1.5x
+    the keypoint-limit config (`max_keypoints`, `scores_th`; the original's `top_k` / `n_limit` as
+    aliases), and channels-last activations (oneDNN's convolutions are ~1.3-1.5x
     faster on CPU, outputs equal to ~1e-6; state dicts are unchanged). Subclasses set `name`,
     `default_conf`, `configs`, `net_class`, `weight_table`."""
 
     configs: dict = {}
     net_class: type = None
+    conf_aliases = {"n_limit": "max_keypoints", "top_k": "max_keypoints"}  # top_k: see resolve_aliases
+
+    @classmethod
+    def resolve_aliases(cls, conf: dict, given_as: dict | None = None) -> dict:
+        """The original's names: `n_limit` is `max_keypoints`; `top_k=k` (its top-k mode: the k best NMS
+        peaks, no threshold, `n_limit` unused) is `max_keypoints=k, scores_th=None`; `top_k=None` (the
+        original's -1) changes nothing: threshold mode, the default."""
+        conf = dict(conf)
+        if "top_k" in conf:
+            top_k = conf.pop("top_k")
+            if top_k is not None:
+                if "max_keypoints" in conf and conf["max_keypoints"] != top_k:
+                    raise ConfigError(f"{cls.name}: top_k={top_k!r} is the upstream name of max_keypoints (with "
+                                      f"scores_th=None), which is also given ({conf['max_keypoints']!r}); give only "
+                                      "max_keypoints")
+                conf.pop("n_limit", None)
+                conf.update(max_keypoints=top_k, scores_th=None)
+                if given_as is not None:
+                    given_as["max_keypoints"] = "top_k"
+        return super().resolve_aliases(conf, given_as)
+
+    def select_args(self) -> tuple:
+        """(top_k, scores_th, n_limit) of `detect_keypoints` for this config."""
+        c = self.conf
+        if c["scores_th"] is None:
+            return c["max_keypoints"], 0.0, None
+        return None, c["scores_th"], c["max_keypoints"]
     weight_table: dict = {}
 
     @classmethod
@@ -142,8 +170,10 @@ class AlikeFamily(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        for key in ("top_k", "n_limit"):
-            self.check_count(key)
+        self.check_count("max_keypoints")
+        if c["scores_th"] is None and c["max_keypoints"] is None:
+            raise ConfigError(f"{self.name}: scores_th=None keeps the max_keypoints best peaks without a threshold, "
+                              "so it needs max_keypoints (a positive integer)")
         spec = self.weight_specs(c)[0]
         self.net = self.net_class(**self.configs[c["variant"]])
         self.weights_path = load_weights(self.net, spec, c["weights"], model=f"{self.name} {c['variant']}")

@@ -190,12 +190,13 @@ class ALIKE(AlikeFamily):
     Config (names of the original):
       variant:   'alike-t', 'alike-s', 'alike-n' (default) or 'alike-l'.
       weights:   None (find `<variant>.pth` through the weights lookup) or a path to a state dict.
-      top_k:     None = threshold mode (the demo default); k = the k best NMS peaks.
-      scores_th: threshold mode: keep NMS peaks with score > scores_th (mean of the map if none passes).
-      n_limit:   threshold mode: at most this many keypoints (the best); None = no limit.
+      max_keypoints: at most this many keypoints, the best (default 5000); None = no limit.
+      scores_th: keep NMS peaks with score > scores_th (mean of the map if none passes); None = no
+                 threshold: the max_keypoints best NMS peaks.
       sub_pixel: soft-argmax refinement and bilinear descriptor sampling (the demo default, True).
       sort:      order keypoints by decreasing score (default False: row-major order of the peaks,
-                 or by score when top_k / n_limit cut).
+                 or by score when max_keypoints cuts or scores_th is None).
+    Aliases (the original's names): n_limit = max_keypoints; top_k=k = max_keypoints=k, scores_th=None.
     Output: keypoints in pixels (pixel-centre origin), scores = score map at the keypoint (0..1).
     """
 
@@ -207,9 +208,8 @@ class ALIKE(AlikeFamily):
     default_conf = {
         "variant": "alike-n",
         "weights": None,
-        "top_k": None,
+        "max_keypoints": 5000,
         "scores_th": 0.2,
-        "n_limit": 5000,
         "sub_pixel": True,
         "sort": False,
     }
@@ -233,8 +233,8 @@ class ALIKE(AlikeFamily):
         tensor = pad_to_multiple(image_to_tensor(image, self.device), 32).contiguous(memory_format=torch.channels_last)
         scores_map, ctx = self.net.forward_sparse(tensor)
         scores_map = scores_map[..., :h, :w]
-        kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS + 1, RADIUS), c["top_k"], c["scores_th"],
-                                        c["n_limit"], c["sub_pixel"])
+        kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS + 1, RADIUS), *self.select_args(),
+                                        c["sub_pixel"])
         kpts, scores = kpts[0], scores[0]
         size = kpts.new_tensor([w - 1, h - 1])
         if c["sub_pixel"]:

@@ -296,10 +296,11 @@ class ALIKED(AlikeFamily):
     Config (names of the original):
       variant:   'aliked-t16', 'aliked-n16' (default), 'aliked-n16rot' or 'aliked-n32'.
       weights:   None (find `<variant>.pth` through the weights lookup) or a path to a state dict.
-      top_k:     None = threshold mode (the demo default); k = the k best NMS peaks.
-      scores_th: threshold mode: keep NMS peaks with score > scores_th (mean of the map if none passes).
-      n_limit:   threshold mode: at most this many keypoints (the best); None = no limit.
+      max_keypoints: at most this many keypoints, the best (default 5000); None = no limit.
+      scores_th: keep NMS peaks with score > scores_th (mean of the map if none passes); None = no
+                 threshold: the max_keypoints best NMS peaks.
       sort:      order keypoints by decreasing score (default False: the original's order).
+    Aliases (the original's names): n_limit = max_keypoints; top_k=k = max_keypoints=k, scores_th=None.
     Output: keypoints in pixels (pixel-centre origin), scores = score map at the keypoint (0..1).
     """
 
@@ -312,9 +313,8 @@ class ALIKED(AlikeFamily):
     default_conf = {
         "variant": "aliked-n16",
         "weights": None,
-        "top_k": None,
+        "max_keypoints": 5000,
         "scores_th": 0.2,
-        "n_limit": 5000,
         "sort": False,
     }
 
@@ -337,8 +337,7 @@ class ALIKED(AlikeFamily):
         padded, (left, _, top, _) = replicate_pad(image_to_tensor(image, self.device), 32)
         scores_map, branches = self.net.forward_sparse(padded.contiguous(memory_format=torch.channels_last))
         scores_map = scores_map[..., top:top + h, left:left + w]
-        kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS, RADIUS), c["top_k"], c["scores_th"],
-                                        c["n_limit"], sub_pixel=True)
+        kpts, scores = detect_keypoints(scores_map, RADIUS, (RADIUS, RADIUS), *self.select_args(), sub_pixel=True)
         kpts, scores = kpts[0], scores[0]
         offset = torch.tensor([top, left], device=kpts.device)
         size_hw = tuple(padded.shape[-2:])

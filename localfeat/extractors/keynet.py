@@ -32,7 +32,6 @@ from torch import nn
 
 from .. import hub
 from ..ops import window_max
-from ..registry import ConfigError
 from ..types import Features
 from .base import Extractor
 
@@ -130,9 +129,10 @@ class KeyNet(Extractor):
     """Key.Net multi-scale detector (+ a patch descriptor, default TFeat).
 
     Config:
-      num_points:     total keypoint budget (official default 5000); None = every NMS maximum.
+      max_keypoints:  total keypoint budget (official default 5000); None = every NMS maximum.
       pyramid_levels: levels below the image (4); up_levels: levels above it (1); scale_factor: sqrt(2).
-      nms_size:       15; border: 15 (px zeroed at each level); nms_threshold: 0.0 (scores must exceed it).
+      nms_window:     NMS window size, odd (15); border: 15 (px zeroed at each level); nms_threshold: 0.0
+                      (scores must exceed it).
       s_mult:         22, the official descriptor support half-size in level pixels: `scales` =
                       2 * s_mult * level scale (diameter, original pixels).
       official_coordinates: False maps level pixel i to (i + 0.5) * W / W_level - 0.5 (pixel centres);
@@ -140,15 +140,17 @@ class KeyNet(Extractor):
       descriptor:     patch descriptor name ('tfeat', 'hardnet', 'sosnet', 'sift'), see `compose`.
       descriptor_weights: None or a path for the descriptor's weights.
       weights:        None (find `keynet_pytorch.pth`) or a path.
+    Aliases (the original's names): num_points = max_keypoints, nms_size = nms_window.
     Output: keypoints in the official order (up level, then level 0..4, best first within a level),
     scores = raw score-map values, scales (N,) as above, orientations 0.
     """
 
     name = "keynet"
     input_mode = "gray"
+    conf_aliases = {"num_points": "max_keypoints", "nms_size": "nms_window"}
     default_conf = {
-        "num_points": 5000, "pyramid_levels": 4, "up_levels": 1, "scale_factor": math.sqrt(2.0),
-        "nms_size": 15, "border": 15, "nms_threshold": 0.0, "s_mult": 22.0,
+        "max_keypoints": 5000, "pyramid_levels": 4, "up_levels": 1, "scale_factor": math.sqrt(2.0),
+        "nms_window": 15, "border": 15, "nms_threshold": 0.0, "s_mult": 22.0,
         "official_coordinates": False, "descriptor": "tfeat", "descriptor_weights": None, "weights": None,
     }
 
@@ -162,9 +164,8 @@ class KeyNet(Extractor):
     def __init__(self, **conf):
         super().__init__(**conf)
         c = self.conf
-        self.check_count("num_points")
-        if c["nms_size"] % 2 != 1:
-            raise ConfigError(f"keynet: nms_size must be odd, got {c['nms_size']!r}")
+        self.check_count("max_keypoints")
+        self.check_count("nms_window", allow_none=False, odd=True)
         self.net = KeyNetNet()
         path = hub.find_weights(WEIGHTS["keynet"], override=c["weights"])
         ckpt = hub.load_torch_checkpoint(path)
@@ -194,7 +195,7 @@ class KeyNet(Extractor):
             mask = torch.zeros_like(scores)
             mask[:, :, b:scores.shape[2] - b, b:scores.shape[3] - b] = 1
             scores = scores * mask
-        k = self.conf["nms_size"]
+        k = self.conf["nms_window"]
         maxima = (scores == window_max(scores, k)) & (scores > self.conf["nms_threshold"])
         ys, xs = torch.nonzero(maxima[0, 0], as_tuple=True)  # row-major order, as the original's nonzero()
         vals = scores[0, 0, ys, xs]
@@ -216,7 +217,7 @@ class KeyNet(Extractor):
         im = torch.from_numpy(np.ascontiguousarray(image)).float().div(255.0)[None, None].to(self.device)
         h, w = image.shape[:2]
         n_up, n_down = int(c["up_levels"]), int(c["pyramid_levels"])
-        budgets = (level_budgets(c["num_points"], n_down, n_up, f) if c["num_points"] is not None
+        budgets = (level_budgets(c["max_keypoints"], n_down, n_up, f) if c["max_keypoints"] is not None
                    else [None] * (n_up + n_down + 1))
         out_xy, out_s, out_sc, out_lvl = [], [], [], []
         taken = 0

@@ -3,7 +3,7 @@
 Detection follows the original `extract.py`: for every level of the multi-scale pyramid, a pixel
 is a keypoint when its repeatability is the maximum of its 3x3 window and both repeatability and
 reliability reach their thresholds; score = reliability x repeatability; descriptor = the
-L2-normalised 128-D map at that pixel; the top_k best over all levels are kept.
+L2-normalised 128-D map at that pixel; the `max_keypoints` best over all levels are kept.
 
 Coordinates follow the original exactly: a keypoint at (row, col) of a level of size nh x nw is at
 x = col * W / nw, y = row * H / nh in the original image (integers at full resolution are pixel
@@ -57,7 +57,8 @@ class R2D2(Extractor):
     Config (names and defaults of the original `extract.py`):
       variant:           released model, by file stem: one of VARIANTS (default r2d2_WASF_N16).
       weights:           path of the checkpoint; None = find `<variant>.pt` through the weights lookup.
-      top_k:             keep the top_k best keypoints over all levels (None = all). Default 5000.
+      max_keypoints:     keep the best keypoints over all levels (None = all). Default 5000
+                         (the original's `top_k`, accepted as an alias).
       scale_f:           ratio between pyramid levels (2 ** 0.25).
       min_size/max_size: pyramid levels with max(h, w) in [min_size, max_size] (256 / 1024; None = no limit).
       min_scale/max_scale: and with scale s in [min_scale, max_scale] (0 / 1).
@@ -75,10 +76,11 @@ class R2D2(Extractor):
 
     name = "r2d2"
     input_mode = "rgb"
+    conf_aliases = {"top_k": "max_keypoints"}
     default_conf = {
         "variant": "r2d2_WASF_N16",
         "weights": None,
-        "top_k": 5000,
+        "max_keypoints": 5000,
         "scale_f": 2 ** 0.25,
         "min_size": 256,
         "max_size": 1024,
@@ -101,7 +103,7 @@ class R2D2(Extractor):
         c = self.conf
         spec = self.weight_specs(c)[0]
         self.check_choice("precision", PRECISIONS)
-        self.check_count("top_k")
+        self.check_count("max_keypoints")
         if c["tile_size"] is not None and (not isinstance(c["tile_size"], int) or c["tile_size"] < 16):
             raise ConfigError(f"r2d2: tile_size must be None or an integer >= 16, got {c['tile_size']!r}")
         if not float(c["scale_f"]) > 1:
@@ -210,7 +212,7 @@ class R2D2(Extractor):
                 return Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
                                 np.zeros((0, self.net.dim), np.float32), (w, h), scales=np.zeros(0, np.float32))
             score = torch.cat(scores)
-            keep = top_k_indices(score, c["top_k"])
+            keep = top_k_indices(score, c["max_keypoints"])
             kpts = torch.stack([torch.cat(xs), torch.cat(ys)], dim=-1)[keep]
             return Features(kpts.cpu().numpy(), score[keep].cpu().numpy(), torch.cat(descs)[keep].cpu().numpy(),
                             (w, h), scales=torch.cat(ss)[keep].cpu().numpy())

@@ -5,10 +5,10 @@ Re-implementation of verlab/accelerated_features (modules/model.py `XFeatModel`,
 weights. Two modes:
 
 - ``sparse`` (default): `detectAndCompute` -- keypoints from the 8x8-cell keypoint heatmap, 5x5 window NMS
-  above `detection_threshold`, score = heatmap value x reliability, the `top_k` best, 64-D descriptors
+  above `detection_threshold`, score = heatmap value x reliability, the `max_keypoints` best, 64-D descriptors
   sampled bicubically from the dense map.
-- ``semi-dense``: the coarse extraction of XFeat* (`detectAndComputeDense`): the `top_k` cells of highest
-  reliability of the 1/8-resolution map, at two scales (0.6 and 1.3, 20 % / 80 % of top_k) when `multiscale`.
+- ``semi-dense``: the coarse extraction of XFeat* (`detectAndComputeDense`): the `max_keypoints` cells of highest
+  reliability of the 1/8-resolution map, at two scales (0.6 and 1.3, 20 % / 80 % of them) when `multiscale`.
   The `fine_matcher` refinement of XFeat* matching is not part of extraction (and its weights are not in the
   converted file).
 
@@ -305,21 +305,23 @@ class XFeat(Extractor):
 
     Config (names of the original):
       mode:                'sparse' (detectAndCompute) or 'semi-dense' (XFeat* coarse features).
-      top_k:               keypoints kept (None = no limit); 4096 as the original.
+      max_keypoints:       keypoints kept (None = no limit); 4096 as the original's `top_k`.
       detection_threshold: sparse: minimum keypoint-heatmap value of a peak (0.05 as the original).
-      nms_kernel:          sparse: NMS window size (5 as the original).
+      nms_window:          sparse: NMS window size, odd (5 as the original's `nms_kernel`).
       multiscale:          semi-dense: extract at scales 0.6 and 1.3 (True, as the original) or at 1.0.
       weights:             a weights file (None = find xfeat.pt, then xfeat_from_onnx.pt; see `localfeat.hub`).
+    Aliases (the original's names): top_k = max_keypoints, nms_kernel = nms_window.
     Output: 64-D float descriptors; semi-dense adds `scales` (8 / extraction scale, pixels).
     """
 
     name = "xfeat"
     input_mode = "rgb"
+    conf_aliases = {"top_k": "max_keypoints", "nms_kernel": "nms_window"}
     default_conf = {
         "mode": "sparse",
-        "top_k": 4096,
+        "max_keypoints": 4096,
         "detection_threshold": 0.05,
-        "nms_kernel": 5,
+        "nms_window": 5,
         "multiscale": True,
         "weights": None,
     }
@@ -328,10 +330,8 @@ class XFeat(Extractor):
         super().__init__(**conf)
         c = self.conf
         self.check_choice("mode", MODES)
-        self.check_count("top_k")
-        nk = c["nms_kernel"]
-        if isinstance(nk, bool) or not isinstance(nk, int) or nk < 1 or nk % 2 == 0:
-            raise ConfigError(f"xfeat: nms_kernel must be a positive odd integer, got {nk!r}")
+        self.check_count("max_keypoints")
+        self.check_count("nms_window", allow_none=False, odd=True)
         if not isinstance(c["detection_threshold"], (int, float)) or isinstance(c["detection_threshold"], bool):
             raise ConfigError(f"xfeat: detection_threshold must be a number, got {c['detection_threshold']!r}")
         net = XFeatNet()
@@ -362,11 +362,11 @@ class XFeat(Extractor):
         c = self.conf
         if c["mode"] == "sparse":
             points, scores, desc, factors = detect_and_compute(
-                self.net, x, top_k=c["top_k"], detection_threshold=float(c["detection_threshold"]),
-                nms_kernel=c["nms_kernel"])
+                self.net, x, top_k=c["max_keypoints"], detection_threshold=float(c["detection_threshold"]),
+                nms_kernel=c["nms_window"])
             kpts = internal_to_original(points, factors)
             return Features(kpts.cpu(), scores.cpu(), desc.cpu(), (w, h))
-        kpts, scores, desc, scale = detect_and_compute_dense(self.net, x, top_k=c["top_k"],
+        kpts, scores, desc, scale = detect_and_compute_dense(self.net, x, top_k=c["max_keypoints"],
                                                              multiscale=bool(c["multiscale"]))
         return Features(kpts.cpu(), scores.cpu(), l2_normalize(desc, dim=-1).cpu(), (w, h),
                         scales=(CELL / scale).cpu())
