@@ -64,15 +64,22 @@ class SynthConfig:
     jpeg_quality: int = 30
 
 
-def list_photos(photos: Optional[str | Path] = None) -> list[Path]:
-    """Photos to build sequences from: the bundled scikit-image ones, or every image of a folder (sorted)."""
+def list_photos(photos=None) -> list[Path]:
+    """Photos to build sequences from: the bundled scikit-image ones (None), or every image of a folder
+    (recursive), a quoted glob or a list file, or a list of such sources (concatenated in order, each
+    sorted). A source that holds no image is an error naming it."""
     if photos is None:
         folder = bundled_photo_dir()
         return [folder / name for name in SKIMAGE_PHOTOS if (folder / name).exists()]
     from ..io.images import list_images
 
-    root, names = list_images(photos)
-    return [root / n for n in names]
+    out = []
+    for source in ([photos] if isinstance(photos, (str, Path)) else list(photos)):
+        root, names = list_images(source)
+        if not names:
+            raise FileNotFoundError(f"no images found in {source}")
+        out += [Path(root) / n for n in names]
+    return out
 
 
 def _fits(T_inv: np.ndarray, out_size, photo_size, margin: float = 1.0) -> bool:

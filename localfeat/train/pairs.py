@@ -85,18 +85,22 @@ class HomographyPairs(torch.utils.data.Dataset):
     """Pairs from a folder of photos through random homographies (see module docstring).
 
     photos: folder of images (recursive) or None for scikit-image's bundled photos.
+    photos: a folder of images (recursive), a glob, a list file, or a list of those; None for
+            scikit-image's bundled photos.
     length: samples per epoch (index k of a DataLoader; epoch e = k // length).
     seed:   everything random derives from (seed, epoch, index).
+    repeat: every epoch repeats epoch 0's samples (a fixed pool of `length` pairs, e.g. so that a
+            distillation teacher's cached targets are reused); default False: new samples each epoch.
     """
 
-    def __init__(self, photos: Optional[str | Path] = None, conf: HomographyConf = HomographyConf(),
-                 seed: int = 0, length: int = 10000):
+    def __init__(self, photos=None, conf: HomographyConf = HomographyConf(),
+                 seed: int = 0, length: int = 10000, repeat: bool = False):
         from ..datasets.synth import list_photos
 
         self.paths = list_photos(photos)
         if not self.paths:
             raise PairsError(f"no images found in {photos or 'the scikit-image photos'}: give a folder of images")
-        self.conf, self.seed, self.length = conf, int(seed), int(length)
+        self.conf, self.seed, self.length, self.repeat = conf, int(seed), int(length), bool(repeat)
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -152,7 +156,7 @@ class HomographyPairs(torch.utils.data.Dataset):
                 "valid": torch.from_numpy(valid), "index": torch.tensor(index)}
 
     def __getitem__(self, k: int) -> dict:
-        return self.sample(k % self.length, epoch=k // self.length)
+        return self.sample(k % self.length, epoch=0 if self.repeat else k // self.length)
 
 
 # ---------------------------------------------------------------------------------------------

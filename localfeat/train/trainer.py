@@ -63,6 +63,7 @@ DEFAULT_CONFIG = {
         "perspective": 0.3,
         "shear": 0.1,
         "photometric": 0.7,
+        "pool": None,
         "num_workers": 2,
     },
     "losses": {"reliability": 1.0, "repeatability": 1.0},
@@ -71,7 +72,7 @@ DEFAULT_CONFIG = {
     "checkpoint_every": 100,
     "log_every": 10,
     "validation": {"every": 0, "root": None, "synth_sequences": 6, "synth_size": 320, "synth_seed": 1,
-                   "top_k": 1000, "nms": 3},
+                   "top_k": 1000, "nms": 3, "resize_max": None},
     "time_limit_minutes": None,
     "device": None,
     "amp": True,
@@ -290,6 +291,18 @@ def extract_dense(adapter, net, image: np.ndarray, device, top_k: Optional[int] 
     return Features(kp[inside].cpu().numpy(), sc[inside].float().cpu().numpy(), d[inside].cpu().numpy(), (w, h))
 
 
+def _extract_resized(adapter, net, image: np.ndarray, device, top_k, nms, resize_max):
+    """`extract_dense` on the image downscaled to `resize_max` (None = as is), keypoints in original pixels."""
+    from ..io.images import map_keypoints_to_original, resize_max as resize
+
+    small, factors = resize(image, resize_max)
+    f = extract_dense(adapter, net, small, device, top_k, nms)
+    if factors != (1.0, 1.0):
+        f.keypoints = map_keypoints_to_original(f.keypoints, factors).astype(np.float32)
+    f.image_size = (image.shape[1], image.shape[0])
+    return f
+
+
 def validation_set(conf: dict, run_dir: Path) -> Path:
     """The HPatches-format folder validated on: `validation.root`, or a synthetic set generated once
     (from the scikit-image photos) in RUN_DIR/val_hpatches."""
@@ -305,10 +318,12 @@ def validation_set(conf: dict, run_dir: Path) -> Path:
     return root
 
 
-def evaluate_mma(adapter, net, root: Path, device, top_k: Optional[int] = 1000, nms: int = 3) -> dict:
+def evaluate_mma(adapter, net, root: Path, device, top_k: Optional[int] = 1000, nms: int = 3,
+                 resize_max: Optional[int] = None) -> dict:
     """MMA at 1, 3, 5 px (D2-Net protocol: mutual NN, all pairs 1-k of every sequence) of the network
     on an HPatches-format folder, MMA@3 of the i_ and v_ sequences apart ('mma@3_i', 'mma@3_v'; NaN
-    when there are none), mean features per image and matches per pair."""
+    when there are none), mean features per image and matches per pair. resize_max: images are first
+    downscaled so that their longer side is at most this (keypoints mapped back to full resolution)."""
     from ..datasets.hpatches import HPatchesSequences
     from ..eval import metrics
     from ..io.images import read_image
@@ -319,10 +334,12 @@ def evaluate_mma(adapter, net, root: Path, device, top_k: Optional[int] = 1000, 
     acc, nfeat, nmatch, kinds = [], [], [], []
     try:
         for seq in ds.sequences:
-            f1 = extract_dense(adapter, net, read_image(ds.image_path(seq, 1), "rgb"), device, top_k, nms)
+            f1 = _extract_resized(adapter, net, read_image(ds.image_path(seq, 1), "rgb"), device, top_k, nms,
+                                  resize_max)
             nfeat.append(len(f1))
             for k in range(2, 7):
-                fk = extract_dense(adapter, net, read_image(ds.image_path(seq, k), "rgb"), device, top_k, nms)
+                fk = _extract_resized(adapter, net, read_image(ds.image_path(seq, k), "rgb"), device, top_k, nms,
+                                      resize_max)
                 nfeat.append(len(fk))
                 m = metrics.mutual_nn_matches(f1.descriptors, fk.descriptors) if len(f1) and len(fk) \
                     else np.zeros((0, 2), np.int64)
@@ -368,7 +385,7 @@ class Trainer:
                                         scale_range=tuple(d["scale_range"]), rotation_deg=float(d["rotation_deg"]),
                                         zoom=float(d["zoom"]), perspective=float(d["perspective"]),
                                         shear=float(d["shear"]), photometric=float(d["photometric"])),
-            seed=int(conf["seed"]))
+            seed=int(conf["seed"]), **({"length": int(d["pool"]), "repeat": True} if d["pool"] else {}))
         _seed_all(int(conf["seed"]))
         self.net = self.adapter.build(conf["model"]).to(self.device)
         self.net.train()
@@ -427,7 +444,7 @@ class Trainer:
         if not v["every"]:
             return None
         root = validation_set(self.conf, self.run_dir)
-        res = evaluate_mma(self.adapter, self.net, root, self.device, v["top_k"], int(v["nms"]))
+        res = evaluate_mma(self.adapter, self.net, root, self.device, v["top_k"], int(v["nms"]), v["resize_max"])
         _CsvLog(self.run_dir / "validation.csv", ["step", "mma@1", "mma@3", "mma@5", "mma@3_i", "mma@3_v",
                                                  "features", "matches"]).write(
             {"step": self.step, **res})

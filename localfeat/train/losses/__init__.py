@@ -16,12 +16,13 @@ from ._base import Loss, LossInputError  # noqa: F401
 from .ap import APLoss
 from .d2net import D2NetLoss
 from .disk import DiskLoss
+from .distill import DistillLoss
 from .distinctiveness import DistinctivenessLoss
 from .reliability import HardestTripletLoss, ReliabilityLoss
 from .repeatability import RepeatabilityLoss
 
 LOSSES: dict[str, type] = {cls.name: cls for cls in (
-    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss)}
+    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss, DistillLoss)}
 
 
 def get_loss_class(name: str) -> type:

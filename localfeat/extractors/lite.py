@@ -1,0 +1,213 @@
+"""lite: localfeat's own small learned extractor, trained by `localfeat train --config lite`, shipped in the
+package (weights under the project's licence, no lookup or download) and the default learned model.
+
+Network (`LiteNet`, ~0.35 M parameters, grayscale input):
+
+    gray (B, 1, H, W) in [0, 1] -> InstanceNorm (photometric normalisation)
+    stem  3x3 conv          8 ch  at 1      ─┐
+    b2    3x3 s2 conv      16 ch  at 1/2    ─┤ score head: 1x1 projections to 8 ch, bilinear upsampling
+    b4    2 x 3x3 (s2)     32 ch  at 1/4     │ to full resolution, summed, ReLU, 3x3 (8->4), ReLU,
+    b8    3 x 3x3 (s2)     64 ch  at 1/8     │ 3x3 (4->1), sigmoid -> scores (B, 1, H, W)
+    b16   2 x 3x3 (s2)    128 ch  at 1/16    │
+    descriptors: 1x1 projections of b4, b8, b16 to D = 64, upsampled to 1/4 and summed (FPN), ReLU,
+                 1x1 -> (B, 64, H/4, W/4), L2-normalised; the descriptor map ─┘ also feeds the score head.
+    (each conv: Conv2d without bias, BatchNorm2d, ReLU)
+
+Keypoints: ALIKE's DKD on the score map (`_dkd.detect_keypoints`: iterative NMS of radius `nms_radius`,
+border, the `max_keypoints` best or the peaks above `detection_threshold`, soft-argmax sub-pixel
+refinement). Descriptors: the 1/4-resolution map sampled bilinearly at the keypoints, L2-normalised.
+The input is replicate-padded to a multiple of 16 and the maps cropped back.
+
+Training (see docs/lite.md): the `lite` preset distils ALIKED-n16's score map and the similarity
+structure of its descriptors (`losses.distill`) and adds R2D2's AP loss on homography pairs of real
+photos. `train_*` below are what the trainer needs: build the net, its dense outputs, save it in the
+format this extractor loads.
+"""
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checkpoints import load_strict, state_dict_from_file
+from ..config import ConfigError
+from ..io.atomic import atomic_path
+from ..ops import image_to_tensor, l2_normalize
+from ..types import Features
+from ._dkd import detect_keypoints
+from .base import Extractor
+
+logger = logging.getLogger(__name__)
+
+MULTIPLE = 16
+DESCRIPTOR_STRIDE = 4
+WIDTHS = (8, 16, 32, 64, 128)   # channels at 1, 1/2, 1/4, 1/8, 1/16
+
+
+def packaged_weights() -> Path:
+    """The weights trained by localfeat and shipped inside the package."""
+    return Path(str(resources.files("localfeat").joinpath("weights", "lite.pt")))
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _upsample(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class LiteNet(nn.Module):
+    """The lite network (module docstring). forward: gray (B, 1, H, W) in [0, 1], H and W multiples of
+    16 -> (scores (B, 1, H, W) in [0, 1], descriptors (B, dim, H/4, W/4) L2-normalised over dim)."""
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        c1, c2, c4, c8, c16 = WIDTHS
+        self.dim = dim
+        self.norm = nn.InstanceNorm2d(1)
+        self.stem = _conv(1, c1)
+        self.block2 = _conv(c1, c2, 2)
+        self.block4 = nn.Sequential(_conv(c2, c4, 2), _conv(c4, c4))
+        self.block8 = nn.Sequential(_conv(c4, c8, 2), _conv(c8, c8), _conv(c8, c8))
+        self.block16 = nn.Sequential(_conv(c8, c16, 2), _conv(c16, c16))
+        self.desc4 = nn.Conv2d(c4, dim, 1)
+        self.desc8 = nn.Conv2d(c8, dim, 1)
+        self.desc16 = nn.Conv2d(c16, dim, 1)
+        self.desc_out = nn.Sequential(nn.ReLU(), nn.Conv2d(dim, dim, 1))
+        self.score1 = nn.Conv2d(c1, 8, 1)
+        self.score2 = nn.Conv2d(c2, 8, 1)
+        self.score4 = nn.Conv2d(dim, 8, 1)
+        self.score_head = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 4, 3, 1, 1), nn.ReLU(), nn.Conv2d(4, 1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f1 = self.stem(self.norm(image))
+        f2 = self.block2(f1)
+        f4 = self.block4(f2)
+        f8 = self.block8(f4)
+        f16 = self.block16(f8)
+        q = f4.shape[-2:]
+        d = self.desc4(f4) + _upsample(self.desc8(f8), q) + _upsample(self.desc16(f16), q)
+        desc = l2_normalize(self.desc_out(d), dim=1)
+        s = self.score1(f1) + _upsample(self.score2(f2), f1.shape[-2:]) + _upsample(self.score4(d), f1.shape[-2:])
+        return torch.sigmoid(self.score_head(s)), desc
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
+    """Replicate-pad (B, C, H, W) at the bottom/right to multiples of `multiple`."""
+    h, w = image.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    return F.pad(image, (0, pw, 0, ph), mode="replicate") if ph or pw else image
+
+
+def to_gray(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) luminance (ITU-R BT.601, as cv2's RGB2GRAY); (B, 1, ...) as is."""
+    if images.shape[1] == 1:
+        return images
+    w = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images * w).sum(1, keepdim=True)
+
+
+def load_net(weights: Optional[str | Path] = None) -> tuple[LiteNet, Path]:
+    """LiteNet with `weights` (a file written by `train_save`; None = the packaged weights), eval mode."""
+    path = Path(weights) if weights is not None else packaged_weights()
+    if not path.is_file():
+        raise FileNotFoundError(f"lite: weights file {path} does not exist" + (
+            "" if weights is not None else " (the package is incomplete: reinstall localfeat)"))
+    state = state_dict_from_file(path, entries=("lite",))
+    dim = int(state["desc_out.1.weight"].shape[0]) if "desc_out.1.weight" in state else 64
+    net = LiteNet(dim)
+    load_strict(net, state, path, "lite")
+    return net.eval(), path
+
+
+class Lite(Extractor):
+    """localfeat's own learned extractor (module docstring): 64-D float descriptors.
+
+    Config:
+      max_keypoints:       the best keypoints kept (None = every peak above detection_threshold).
+      detection_threshold: minimum score of a peak when max_keypoints is None (and of every peak kept).
+      nms_radius:          NMS radius in pixels (window 2r + 1).
+      weights:             None = the weights shipped in the package, or a file written by `localfeat train`.
+    """
+
+    name = "lite"
+    input_mode = "gray"
+    default_conf = {"max_keypoints": 2048, "detection_threshold": 0.0, "nms_radius": 2, "weights": None}
+
+    def __init__(self, **conf):
+        super().__init__(**conf)
+        c = self.conf
+        self.check_count("max_keypoints")
+        self.check_count("nms_radius", allow_none=False)
+        if isinstance(c["detection_threshold"], bool) or not isinstance(c["detection_threshold"], (int, float)):
+            raise ConfigError(f"lite: detection_threshold must be a number, got {c['detection_threshold']!r}")
+        net, self.weights_path = load_net(c["weights"])
+        self.net = net.to(self.device)
+
+    @classmethod
+    def weight_specs(cls, conf: dict) -> list:
+        return []  # shipped in the package
+
+    @torch.inference_mode()
+    def _extract(self, image: np.ndarray) -> Features:
+        h, w = image.shape[:2]
+        c = self.conf
+        x = image_to_tensor(image, self.device)                    # (1, 1, H, W) in [0, 1]
+        scores_map, desc_map = self.net(pad_to_multiple(x))
+        scores_map = scores_map[..., :h, :w]
+        r = int(c["nms_radius"])
+        kpts, scores = detect_keypoints(scores_map, r, (r + 1, r + 1), c["max_keypoints"],
+                                        float(c["detection_threshold"]), None, sub_pixel=True)
+        kpts, scores = kpts[0], scores[0]
+        if c["max_keypoints"] is not None and c["detection_threshold"] > 0:
+            keep = scores > c["detection_threshold"]
+            kpts, scores = kpts[keep], scores[keep]
+        xy = (kpts + 1) / 2 * kpts.new_tensor([w - 1, h - 1])      # pixels, pixel-centre origin
+        desc = sample_descriptors(desc_map, xy[None], DESCRIPTOR_STRIDE)[0]
+        return Features(xy.cpu().numpy(), scores.float().cpu().numpy(), desc.float().cpu().numpy(), (w, h))
+
+
+def sample_descriptors(desc_map: torch.Tensor, xy: torch.Tensor, stride: int) -> torch.Tensor:
+    """Bilinear samples of a descriptor map (B, D, h, w) of stride `stride` (map pixel j covers input
+    pixels stride*j .. stride*j + stride - 1) at input pixels xy (B, N, 2); returns (B, N, D) L2-normalised."""
+    h, w = desc_map.shape[-2:]
+    g = (xy + 0.5) / (xy.new_tensor([w, h]) * stride) * 2 - 1
+    out = F.grid_sample(desc_map, g[:, None].to(desc_map.dtype), mode="bilinear", align_corners=False)
+    return l2_normalize(out[:, :, 0].transpose(1, 2), dim=-1)
+
+
+# ------------------------------------------------------------------------------------------ training
+TRAIN_DEFAULTS = {"dim": 64, "weights": None}
+
+
+def train_build(conf: dict) -> LiteNet:
+    """A LiteNet from scratch (conf['weights'] None), or from a weights file ('packaged' = the shipped one)."""
+    if conf["weights"] is None:
+        return LiteNet(int(conf["dim"]))
+    net, _ = load_net(None if conf["weights"] == "packaged" else conf["weights"])
+    if net.dim != int(conf["dim"]):
+        raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']}")
+    return net.train()
+
+
+def train_dense(net: LiteNet, images: torch.Tensor) -> dict:
+    """Dense outputs for the losses: images (B, 3, H, W) RGB in [0, 1] -> 'scores' (B, 1, H, W) and
+    'descriptors' (B, D, H, W) (the 1/4 map upsampled bilinearly, L2-normalised), stride 1."""
+    h, w = images.shape[-2:]
+    scores, desc = net(pad_to_multiple(to_gray(images)))
+    desc = l2_normalize(_upsample(desc, (desc.shape[-2] * DESCRIPTOR_STRIDE, desc.shape[-1] * DESCRIPTOR_STRIDE)),
+                        dim=1)
+    return {"scores": scores[..., :h, :w], "descriptors": desc[..., :h, :w], "stride": 1}
+
+
+def train_save(net: LiteNet, conf: dict, path) -> None:
+    """Write {'lite': state_dict} (the file `Lite(weights=path)` loads), atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"lite": net.state_dict()}, tmp)
