@@ -443,7 +443,64 @@ def _torch_hub_copy(spec: hub.WeightSpec) -> Optional[Path]:
 
 
 # ------------------------------------------------------------------------------------ matcher
-class LightGlue(Matcher):
+class GlueMatcher(Matcher):
+    """What LightGlue and LighterGlue share: the adaptive-depth/width config checks, the inputs from two
+    `Features`, `run` (every network output) and `_match`. Subclasses build `self.net` (a `LightGlueNet`)
+    and set `self.input_dim`."""
+
+    net: LightGlueNet
+    input_dim: int
+
+    def check_confidences(self) -> None:
+        """n_layers a positive integer; depth/width_confidence in (0, 1] or None; filter_threshold a number or None."""
+        c = self.conf
+        self.check_count("n_layers", allow_none=False)
+        for key in ("depth_confidence", "width_confidence"):
+            value = c[key]
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise ConfigError(f"{self.name}: {key}={value!r}, expected a number in (0, 1], or None to "
+                                  "switch it off (LightGlue's -1)")
+        if c["filter_threshold"] is not None and not isinstance(c["filter_threshold"], (int, float)):
+            raise ConfigError(f"{self.name}: filter_threshold={c['filter_threshold']!r}, expected a number or None")
+
+    def expects(self) -> str:
+        """What the matcher expects, for the message about a descriptor dimension mismatch."""
+        return f"it expects {self.input_dim}-D"
+
+    def _inputs(self, features0: Features, features1: Features):
+        tensors = []
+        for k, f in enumerate((features0, features1)):
+            if f.descriptors.dtype == np.uint8:
+                raise ValueError(f"{self.name}: features{k} has binary (uint8) descriptors; LightGlue needs "
+                                 f"float {self.input_dim}-D descriptors")
+            if f.dim != self.input_dim:
+                raise ValueError(f"{self.name}: features{k} has {f.dim}-D descriptors but {self.expects()}")
+            tensors.append((torch.from_numpy(f.keypoints)[None].to(self.device),
+                            torch.from_numpy(f.descriptors)[None].to(self.device),
+                            torch.tensor([f.image_size], dtype=torch.float32, device=self.device)))
+        (k0, d0, s0), (k1, d1, s1) = tensors
+        return k0, k1, d0, d1, s0, s1
+
+    def run(self, features0: Features, features1: Features, intermediates: bool = False) -> dict:
+        """Every output of the network for one pair (see `LightGlueNet.forward`), batch dimension 1,
+        as torch tensors on the CPU. `matches`/`scores` are those of the pair (no list)."""
+        with torch.inference_mode():
+            out = self.net(*self._inputs(features0, features1), intermediates=intermediates)
+        result = {}
+        for key, value in out.items():
+            if key in ("matches", "scores"):
+                value = value[0]
+            result[key] = value.cpu() if isinstance(value, torch.Tensor) else value
+        return result
+
+    def _match(self, features0: Features, features1: Features) -> Matches:
+        if len(features0) == 0 or len(features1) == 0:
+            return Matches(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+        out = self.run(features0, features1)
+        return Matches(out["matches"].numpy().astype(np.int64), out["scores"].numpy().astype(np.float32))
+
+
+class LightGlue(GlueMatcher):
     """LightGlue matcher for SuperPoint (256-D), DISK or ALIKED (128-D) features.
 
     Config:
@@ -471,14 +528,7 @@ class LightGlue(Matcher):
             hint = "; for XFeat features use the matcher 'lighterglue'" if c["features"] == "xfeat" else ""
             raise ConfigError(f"lightglue: features={c['features']!r} is not supported; choose one of "
                               f"{sorted(pairings)}{hint}")
-        self.check_count("n_layers", allow_none=False)
-        for key in ("depth_confidence", "width_confidence"):
-            value = c[key]
-            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
-                raise ConfigError(f"lightglue: {key}={value!r}, expected a number in (0, 1], or None to "
-                                  "switch it off (LightGlue's -1)")
-        if c["filter_threshold"] is not None and not isinstance(c["filter_threshold"], (int, float)):
-            raise ConfigError(f"lightglue: filter_threshold={c['filter_threshold']!r}, expected a number or None")
+        self.check_confidences()
         self.input_dim = pairings[c["features"]]["input_dim"]
         self.net = LightGlueNet(self.input_dim, c["n_layers"], c["depth_confidence"], c["width_confidence"],
                                 c["filter_threshold"])
@@ -513,6 +563,11 @@ class LightGlue(Matcher):
         pairing = paired_features().get(features)
         return [pairing["weights"]] if pairing else []
 
+    def expects(self) -> str:
+        dims = ", ".join(f"{n}: {p['input_dim']}-D" for n, p in paired_features().items())
+        return (f"features={self.conf['features']!r} expects {self.input_dim}-D; set features= to the extractor "
+                f"that produced them ({dims})")
+
     def _weights_path(self) -> Path:
         """conf weights=PATH, else the official file of `features` (lookup, then the original's torch.hub
         copy, then a download), sha256-checked."""
@@ -525,39 +580,3 @@ class LightGlue(Matcher):
                 hub.verify(spec, cached)
                 return cached
         return hub.find_weights(spec)
-
-    def _inputs(self, features0: Features, features1: Features):
-        tensors = []
-        for k, f in enumerate((features0, features1)):
-            if f.descriptors.dtype == np.uint8:
-                raise ValueError(f"lightglue: features{k} has binary (uint8) descriptors; LightGlue needs "
-                                 f"float {self.input_dim}-D descriptors")
-            if f.dim != self.input_dim:
-                dims = ", ".join(f"{n}: {p['input_dim']}-D" for n, p in paired_features().items())
-                raise ValueError(
-                    f"lightglue: features{k} has {f.dim}-D descriptors but features={self.conf['features']!r} "
-                    f"expects {self.input_dim}-D; set features= to the extractor that produced them "
-                    f"({dims})")
-            tensors.append((torch.from_numpy(f.keypoints)[None].to(self.device),
-                            torch.from_numpy(f.descriptors)[None].to(self.device),
-                            torch.tensor([f.image_size], dtype=torch.float32, device=self.device)))
-        (k0, d0, s0), (k1, d1, s1) = tensors
-        return k0, k1, d0, d1, s0, s1
-
-    def run(self, features0: Features, features1: Features, intermediates: bool = False) -> dict:
-        """Every output of the network for one pair (see `LightGlueNet.forward`), batch dimension 1,
-        as torch tensors on the CPU. `matches`/`scores` are those of the pair (no list)."""
-        with torch.inference_mode():
-            out = self.net(*self._inputs(features0, features1), intermediates=intermediates)
-        result = {}
-        for key, value in out.items():
-            if key in ("matches", "scores"):
-                value = value[0]
-            result[key] = value.cpu() if isinstance(value, torch.Tensor) else value
-        return result
-
-    def _match(self, features0: Features, features1: Features) -> Matches:
-        if len(features0) == 0 or len(features1) == 0:
-            return Matches(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
-        out = self.run(features0, features1)
-        return Matches(out["matches"].numpy().astype(np.int64), out["scores"].numpy().astype(np.float32))
