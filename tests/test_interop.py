@@ -460,3 +460,24 @@ def test_view_draws_title_legend_ransac_inliers_in_the_requested_format(tmp_path
         from localfeat.viz import save_image
 
         save_image(tmp_path / "x.pgx", picture)
+
+
+def test_every_extractor_downscales_huge_images_by_default():
+    import cv2
+
+    from localfeat.extractors.base import DEFAULT_RESIZE_MAX
+    from localfeat.registry import model_classes
+
+    # Before: no default resize (ALIKED on a 6000 x 4000 photo peaked at 7.4 GB; see
+    # benchmarks/bench_default_resize_memory.py for the figures with the default).
+    assert DEFAULT_RESIZE_MAX == 1600
+    assert {name: cls.all_defaults()["resize_max"] for name, cls in model_classes("extractor").items()} == \
+        {name: 1600 for name in model_classes("extractor")}
+    photo = cv2.imread(str(shared("hpatches_subset", "v_churchill", "1.ppm")))[..., ::-1]
+    huge = np.ascontiguousarray(cv2.resize(photo, (2400, 1800), interpolation=cv2.INTER_CUBIC))
+    default = localfeat.load_extractor("sift", max_keypoints=500).extract(huge)
+    explicit = localfeat.load_extractor("sift", max_keypoints=500, resize_max=1600).extract(huge)
+    full = localfeat.load_extractor("sift", max_keypoints=500, resize_max=None).extract(huge)
+    assert default.equals(explicit) and default.image_size == full.image_size == (2400, 1800)
+    assert not np.array_equal(default.keypoints, full.keypoints)
+    assert (default.keypoints.max(axis=0) <= [2399.5, 1799.5]).all() and default.keypoints[:, 0].max() > 1600
