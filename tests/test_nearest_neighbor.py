@@ -79,3 +79,135 @@ def test_matcher_object_and_errors():
     g = Features(np.zeros((20, 2)), np.ones(20), random_desc(20, 4, 1), (10, 10))
     with pytest.raises(ValueError, match="descriptor dimensions differ"):
         localfeat.load_matcher("nearest_neighbor").match(f, g)
+
+
+# --- The one-pass matcher's fast paths (issue 21): exact, whatever the precision, blocks, threads. ---
+
+import threading  # noqa: E402
+
+import torch  # noqa: E402
+
+from localfeat.matchers import nearest_neighbor as nn  # noqa: E402
+
+
+def lattice_desc(n, d, seed):
+    """Descriptors with entries in {-2, ..., 2} / 4: every dot product is exact in bf16, fp32 and float64
+    whatever the order of summation, so ties (between different vectors too) are exact ties everywhere."""
+    return (np.random.default_rng(seed).integers(-2, 3, size=(n, d)) / 4).astype(np.float32)
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Split rows between threads and flush candidates early even on small inputs."""
+    monkeypatch.setattr(nn, "_MIN_ROWS_PER_THREAD", 8)
+    monkeypatch.setattr(nn, "_FLUSH_PAIRS", 50)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("mutual,ratio,max_distance", [
+    (True, None, None), (False, None, None), (True, 0.9, None), (False, 0.8, 1.2), (True, 0.95, 1.1)])
+def test_fast_paths_equal_brute_force(precision, mutual, ratio, max_distance):
+    # 333 x 257: several blocks both ways, blocks that are not multiples of the chunk, short tail chunks.
+    d0, d1 = random_desc(333, 24, 5), random_desc(257, 24, 6)
+    expected = brute_force(d0, d1, mutual, ratio, max_distance)
+    for block_rows, block_cols in ((64, 96), (100, 37), (333, 257)):
+        idx, scores = match_nearest_neighbours(d0, d1, mutual, ratio, max_distance, block_rows=block_rows,
+                                               block_cols=block_cols, precision=precision)
+        assert np.array_equal(idx, expected), (block_rows, block_cols)
+        assert np.allclose(scores, np.sum(d0[idx[:, 0]] * d1[idx[:, 1]], 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("ratio", [None, 0.999])
+def test_ties_everywhere_equal_brute_force(small_parts, precision, ratio):
+    # Lattice descriptors: many exactly tied similarities in every row and column, plus exact
+    # duplicate rows in both sets that fall into different blocks, chunks and thread parts.
+    d0, d1 = lattice_desc(150, 8, 1), lattice_desc(140, 8, 2)
+    d0[100:120] = d0[3:23]
+    d1[90:110] = d1[0:20]
+    for mutual in (True, False):
+        expected = brute_force(d0, d1, mutual, ratio, None)
+        assert len(expected) > 0
+        for block_rows, block_cols, threads in ((16, 32, 2), (50, 7, 3), (150, 140, 1)):
+            rows = nn.best_two_both_ways(torch.from_numpy(d0), torch.from_numpy(d1), ratio is not None,
+                                         precision=precision, block_rows=block_rows, block_cols=block_cols,
+                                         chunk=4, threads=threads)
+            sim = d0.astype(np.float64) @ d1.astype(np.float64).T
+            assert np.array_equal(rows[0].numpy(), np.argmax(sim, 1))  # lowest index among tied maxima
+            assert np.array_equal(rows[3].numpy(), np.argmax(sim, 0))
+            assert np.array_equal(rows[1].numpy(), sim.max(1)) and np.array_equal(rows[4].numpy(), sim.max(0))
+            if ratio is not None:
+                assert np.array_equal(rows[2].numpy(), np.sort(sim, 1)[:, -2])
+                assert np.array_equal(rows[5].numpy(), np.sort(sim, 0)[-2])
+        idx, _ = match_nearest_neighbours(d0, d1, mutual, ratio, None, block_rows=16, block_cols=32,
+                                          precision=precision)
+        assert np.array_equal(idx, expected)
+
+
+def test_threads_and_early_flushes_give_identical_matches(small_parts):
+    d0, d1 = random_desc(700, 32, 11), random_desc(650, 32, 12)
+    expected = brute_force(d0, d1, True, 0.95, None)
+    out = [nn.best_two_both_ways(torch.from_numpy(d0), torch.from_numpy(d1), True, precision=precision,
+                                 threads=threads, block_rows=64, block_cols=128)
+           for precision in ("fp32", "bf16") for threads in (1, 2, 3)]
+    for o in out[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(out[0], o))
+    before = torch.get_num_threads()
+    idx, _ = match_nearest_neighbours(d0, d1, mutual=True, ratio=0.95, block_rows=64, block_cols=128)
+    assert np.array_equal(idx, expected)
+    # The workers' single-thread setting does not leak to the caller nor to threads started later.
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    assert torch.get_num_threads() == before and seen == [before]
+
+
+def test_filter_error_bound_holds_and_is_tight_enough():
+    # Worst pair error of the bf16 and fp32 GEMMs against exact float64 stays below the bound, and the
+    # bound is small enough to filter (bf16: below 0.02 for unit vectors; fp32: below 1e-4).
+    d0 = torch.from_numpy(random_desc(500, 128, 21))
+    d1 = torch.from_numpy(random_desc(400, 128, 22))
+    exact = d0.double() @ d1.double().T
+    for low, limit in ((torch.bfloat16, 0.02), (torch.float32, 1e-4)):
+        a, b = d0.to(low), d1.to(low)
+        eps = nn.filter_error_bound(d0, d1, a, b)
+        err = float(((a @ b.T).double() - exact).abs().max())
+        assert err <= eps < limit, (low, err, eps)
+
+
+def test_exact_similarity_does_not_depend_on_batching():
+    a = torch.from_numpy(random_desc(50, 96, 31)).double()
+    b = torch.cat([a[:10], torch.from_numpy(random_desc(20, 96, 32)).double()])
+    i = torch.arange(50).repeat(3)
+    j = torch.randint(0, 30, (150,), generator=torch.Generator().manual_seed(0))
+    together = nn.exact_similarity(a, b, i, j)
+    alone = torch.stack([nn.exact_similarity(a, b, i[k:k + 1], j[k:k + 1])[0] for k in range(150)])
+    assert torch.equal(together, alone)
+    assert torch.allclose(together, (a[i] * b[j]).sum(1), rtol=0, atol=1e-15)
+    # Duplicated vectors score exactly alike (exact ties).
+    dup = nn.exact_similarity(a, b, torch.arange(10), torch.arange(10))
+    assert torch.equal(dup, nn.exact_similarity(a, a, torch.arange(10), torch.arange(10)))
+
+
+def test_block_sizes_follow_the_caches():
+    rows, cols = nn.choose_blocks(30000, 30000, 128, 32)
+    info = nn.cpu_info()
+    assert rows % 32 == 0 and cols % 32 == 0
+    assert cols * 128 * 4 <= max(info.l2 // 2, 32 * 128 * 4)       # a column block of desc1 fits in L2
+    assert rows * cols * 4 <= max(info.l2 * torch.get_num_threads(), 32 * cols * 4)
+    assert nn.choose_blocks(10, 20, 128, 32) == (32, 32)           # never larger than the inputs need
+
+
+def test_precision_setting_is_checked_and_gives_identical_matches():
+    d = random_desc(200, 16, 41)
+    f0 = Features(np.zeros((200, 2)), np.ones(200), d, (10, 10))
+    f1 = Features(np.zeros((200, 2)), np.ones(200), random_desc(200, 16, 42), (10, 10))
+    ref = localfeat.load_matcher("nearest_neighbor").match(f0, f1)
+    for precision in ("bf16", "auto"):
+        m = localfeat.load_matcher("nearest_neighbor", precision=precision).match(f0, f1)
+        assert np.array_equal(m.indices, ref.indices) and np.array_equal(m.scores, ref.scores)
+    with pytest.raises(localfeat.config.ConfigError, match="precision='fp16' is not one of"):
+        localfeat.load_matcher("nearest_neighbor", precision="fp16")
+    with pytest.raises(ValueError, match="precision='int4'; choose one of fp32, bf16, auto"):
+        match_nearest_neighbours(d, d, precision="int4")

@@ -18,6 +18,7 @@ each other, e.g. thousands of copies of one vector) stay exact but cost more: ev
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -51,6 +52,8 @@ _BF16_UNIT_ROUNDOFF = 2.0 ** -8   # bfloat16: 8 significant bits
 _FP32_UNIT_ROUNDOFF = 2.0 ** -24
 _EXACT_PAIRS_PER_STEP = 1 << 12   # pairs re-scored at once: 4k x D float64 temporaries
 _CHUNK = 32                       # granularity of the candidate search (rows / columns per chunk max)
+_MIN_ROWS_PER_THREAD = 256        # below this, splitting the rows between threads does not pay
+_FLUSH_PAIRS = 1 << 20            # candidates kept before an exact re-scoring (memory bound: ~40 B each)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -134,19 +137,37 @@ def exact_similarity(a64: torch.Tensor, b64: torch.Tensor, i: torch.Tensor, j: t
 
 
 def _chunk_max(sim: torch.Tensor, chunk: int, dim: int) -> torch.Tensor:
-    """Maxima of consecutive chunks of `chunk` columns (dim=1: (h, ceil(w/chunk))) or rows (dim=0:
-    (ceil(h/chunk), w)) of a contiguous block (h, w); the last chunk may be shorter."""
+    """Maxima over chunks of a contiguous block (h, w), both ways as vertical (vectorised) reductions.
+
+    dim=0: chunks of `chunk` consecutive rows -> (ceil(h/chunk), w). dim=1: chunk c holds the `chunk`
+    columns c, c + s, c + 2s, ... with s = w // chunk -> (h, s), plus one chunk for the last w % chunk
+    columns when there are any (see `_chunk_members`).
+    """
     h, w = sim.shape
     length = sim.shape[dim]
     full = length // chunk
+    if dim == 0:
+        parts = [sim[:full * chunk].view(full, chunk, w).amax(1)] if full else []
+    else:
+        parts = [sim[:, :full * chunk].view(h, chunk, full).amax(1)] if full else []
+    if full * chunk < length:
+        parts.append(sim.narrow(dim, full * chunk, length - full * chunk).amax(dim, keepdim=True))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def _chunk_members(c: torch.Tensor, chunk: int, length: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (P, chunk) of the members of chunks `c` (P,) of `_chunk_max` along a side of `length`,
+    clamped into range, and the mask of real members (the tail chunk is shorter)."""
+    full = length // chunk
+    k = torch.arange(chunk, device=c.device)
+    if dim == 0:
+        pos = c[:, None] * chunk + k
+    else:
+        pos = torch.where(c[:, None] < full, c[:, None] + k * full, full * chunk + k)
     if full * chunk == length:
-        return sim.view(h, full, chunk).amax(2) if dim == 1 else sim.view(full, chunk, w).amax(1)
-    parts = []
-    if full:
-        parts.append(sim.unfold(1, chunk, chunk).amax(2) if dim == 1 else
-                     sim[:full * chunk].view(full, chunk, w).amax(1))
-    parts.append(sim.narrow(dim, full * chunk, length - full * chunk).amax(dim, keepdim=True))
-    return torch.cat(parts, dim)
+        return pos, None
+    inside = pos < length
+    return pos.clamp_(max=length - 1), inside
 
 
 def _update_bounds(best: torch.Tensor, second: torch.Tensor, cmax: torch.Tensor, dim: int,
@@ -168,20 +189,18 @@ def _candidates(sim: torch.Tensor, cmax: torch.Tensor, thr: torch.Tensor, chunk:
     """Elements of a block (h, w) >= the threshold of their row (dim=1, thr (h,)) or column (dim=0,
     thr (w,)), found through the chunk maxima `cmax` (only chunks whose maximum passes are read).
     Returns (rows, cols, values) in the block."""
-    length = sim.shape[dim]
-    offsets = torch.arange(chunk, device=sim.device)
     if dim == 1:
         r, c = torch.nonzero(cmax >= thr[:, None], as_tuple=True)
-        pos = c[:, None] * chunk + offsets           # (P, chunk) columns of the passing chunks
-        inside = pos < length
-        vals = sim[r[:, None], pos.clamp(max=length - 1)]
-        p, k = torch.nonzero((vals >= thr[r][:, None]) & inside, as_tuple=True)
+        pos, inside = _chunk_members(c, chunk, sim.shape[1], 1)
+        vals = sim[r[:, None], pos]
+        keep = vals >= thr[r][:, None]
+        p, k = torch.nonzero(keep if inside is None else keep & inside, as_tuple=True)
         return r[p], pos[p, k], vals[p, k]
     c, col = torch.nonzero(cmax >= thr[None, :], as_tuple=True)
-    pos = c[:, None] * chunk + offsets               # (P, chunk) rows of the passing chunks
-    inside = pos < length
-    vals = sim[pos.clamp(max=length - 1), col[:, None]]
-    p, k = torch.nonzero((vals >= thr[col][:, None]) & inside, as_tuple=True)
+    pos, inside = _chunk_members(c, chunk, sim.shape[0], 0)
+    vals = sim[pos, col[:, None]]
+    keep = vals >= thr[col][:, None]
+    p, k = torch.nonzero(keep if inside is None else keep & inside, as_tuple=True)
     return pos[p, k], col[p], vals[p, k]
 
 
@@ -209,56 +228,51 @@ def _merge_exact(best, best_idx, second, key, other, value) -> None:
     torch.maximum(best, b1, out=best)
 
 
-def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bool = True,
-                       precision: str = "fp32", block_rows: Optional[int] = None,
-                       block_cols: Optional[int] = None, chunk: int = _CHUNK):
-    """Exact best and second-best similarities both ways, in one blockwise pass.
+class _BestTwo:
+    """Exact best two per key (float64 values, index of the best), filled by `_merge_exact`."""
 
-    desc0 (N0, D), desc1 (N1, D) float32 on one device. Returns (row_idx (N0,) int64, row_best,
-    row_second (N0,) float64, col_idx (N1,), col_best, col_second (N1,)): for each row of desc0 its
-    most similar row of desc1 (ties: lowest index) and the best and second-best similarities (-inf
-    when there is none, and always when `need_second` is False); the same for each row of desc1.
-    Similarities are exact (`exact_similarity`) whatever `precision` the filter GEMM runs in.
-    """
-    a, b = desc0.float().contiguous(), desc1.float().contiguous()
-    n0, n1 = len(a), len(b)
-    dev = a.device
-    f64 = dict(dtype=torch.float64, device=dev)
-    row_best, row_second = torch.full((n0,), NEG_INF, **f64), torch.full((n0,), NEG_INF, **f64)
-    col_best, col_second = torch.full((n1,), NEG_INF, **f64), torch.full((n1,), NEG_INF, **f64)
-    row_idx = torch.zeros(n0, dtype=torch.long, device=dev)
-    col_idx = torch.zeros(n1, dtype=torch.long, device=dev)
-    if n0 == 0 or n1 == 0:
-        return row_idx, row_best, row_second, col_idx, col_best, col_second
-    precision = resolve_precision(precision, dev)
-    a_low, b_low = (a, b) if precision == "fp32" else (a.bfloat16(), b.bfloat16())
-    eps2 = 2 * filter_error_bound(a, b, a_low, b_low)
-    if block_rows is None or block_cols is None:
-        auto_rows, auto_cols = choose_blocks(n0, n1, a.shape[1], chunk)
-        block_rows, block_cols = block_rows or auto_rows, block_cols or auto_cols
+    def __init__(self, n: int, device):
+        self.best = torch.full((n,), NEG_INF, dtype=torch.float64, device=device)
+        self.second = torch.full((n,), NEG_INF, dtype=torch.float64, device=device)
+        self.idx = torch.zeros(n, dtype=torch.long, device=device)
+
+    def merge_later(self, other: "_BestTwo") -> None:
+        """Merge the best two of a later (higher-index) part into these: ties keep ours."""
+        better = other.best > self.best
+        self.second = torch.where(better, torch.maximum(self.best, other.second),
+                                  torch.maximum(self.second, other.best))
+        self.idx = torch.where(better, other.idx, self.idx)
+        self.best = torch.maximum(self.best, other.best)
+
+
+def _sweep(a, b, a_low, b_low, a64, b64, eps2: float, need_second: bool, block_rows: int,
+           block_cols: int, chunk: int):
+    """The blockwise pass over a (n0, D) x b (n1, D): returns (rows, cols) `_BestTwo` (cols over the
+    rows of `a` only)."""
+    n0, n1, dev = len(a), len(b), a.device
+    rows_out, cols_out = _BestTwo(n0, dev), _BestTwo(n1, dev)
     # Filter domain: the best value seen and a lower bound of the second best, per row and per column.
     f_row1, f_row2 = torch.full((n0,), NEG_INF, device=dev), torch.full((n0,), NEG_INF, device=dev)
     f_col1, f_col2 = torch.full((n1,), NEG_INF, device=dev), torch.full((n1,), NEG_INF, device=dev)
     row_bound, col_bound = (f_row2, f_col2) if need_second else (f_row1, f_col1)
-    a64, b64 = a.double(), b.double()
     pending: list = []
-    pending_pairs, flush_at = 0, max(1 << 20, 16 * (n0 + n1))
+    pending_pairs = 0
 
     def flush():
         # Exact re-scoring of the candidates gathered so far that still pass the (now tighter)
         # thresholds, merged into the exact best two.
         nonlocal pending, pending_pairs
-        for direction, bound in ((0, row_bound), (1, col_bound)):
+        if not pending:
+            return
+        for direction, bound, out in ((0, row_bound, rows_out), (1, col_bound, cols_out)):
             i = torch.cat([p[0] for p in pending if p[3] == direction])
             j = torch.cat([p[1] for p in pending if p[3] == direction])
             v = torch.cat([p[2] for p in pending if p[3] == direction])
             keep = v >= bound[i if direction == 0 else j] - eps2
             i, j = i[keep], j[keep]
             value = exact_similarity(a64, b64, i, j)
-            if direction == 0:
-                _merge_exact(row_best, row_idx, row_second, i, j, value)
-            else:
-                _merge_exact(col_best, col_idx, col_second, j, i, value)
+            key, other = (i, j) if direction == 0 else (j, i)
+            _merge_exact(out.best, out.idx, out.second, key, other, value)
         pending, pending_pairs = [], 0
 
     # One buffer for the similarity block (a new tensor per block would page-fault its memory each time).
@@ -286,13 +300,75 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
             i2, j2, v2 = _candidates(sim, cmax, col_bound[cols] - eps2, chunk, 0)
             pending.append((i2 + rs, j2 + cs, v2, 1))
             pending_pairs += len(i) + len(i2)
-            if pending_pairs > flush_at:
+            if pending_pairs > _FLUSH_PAIRS:
                 flush()
     flush()
+    return rows_out, cols_out
+
+
+@torch.inference_mode()
+def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bool = True,
+                       precision: str = "fp32", block_rows: Optional[int] = None,
+                       block_cols: Optional[int] = None, chunk: int = _CHUNK,
+                       threads: Optional[int] = None):
+    """Exact best and second-best similarities both ways, in one blockwise pass.
+
+    desc0 (N0, D), desc1 (N1, D) float32 on one device. Returns (row_idx (N0,) int64, row_best,
+    row_second (N0,) float64, col_idx (N1,), col_best, col_second (N1,)): for each row of desc0 its
+    most similar row of desc1 (ties: lowest index) and the best and second-best similarities (-inf
+    when there is none, and always when `need_second` is False); the same for each row of desc1.
+    Similarities are exact (`exact_similarity`) whatever `precision` the filter GEMM runs in.
+
+    On CPU the rows of desc0 are split into `threads` parts (default: torch's thread count), each swept
+    by its own thread with single-threaded torch ops, and the column results merged in row order:
+    one synchronisation per call instead of one per small op (which costs dearly on a loaded machine).
+    """
+    a, b = desc0.float().contiguous(), desc1.float().contiguous()
+    n0, n1 = len(a), len(b)
+    dev = a.device
+    if n0 == 0 or n1 == 0:
+        rows, cols = _BestTwo(n0, dev), _BestTwo(n1, dev)
+        return rows.idx, rows.best, rows.second, cols.idx, cols.best, cols.second
+    precision = resolve_precision(precision, dev)
+    a_low, b_low = (a, b) if precision == "fp32" else (a.bfloat16(), b.bfloat16())
+    eps2 = 2 * filter_error_bound(a, b, a_low, b_low)
+    a64, b64 = a.double(), b.double()
+    threads = threads or torch.get_num_threads()
+    parts = 1 if dev.type != "cpu" else max(1, min(threads, n0 // _MIN_ROWS_PER_THREAD))
+    if block_rows is None or block_cols is None:
+        auto_rows, auto_cols = choose_blocks(-(-n0 // parts), n1, a.shape[1], chunk, threads=1 if parts > 1 else None)
+        block_rows, block_cols = block_rows or auto_rows, block_cols or auto_cols
+    bounds = [n0 * k // parts for k in range(parts + 1)]
+
+    def sweep(k: int):
+        lo, hi = bounds[k], bounds[k + 1]
+        if parts > 1:
+            torch.set_num_threads(1)  # this worker thread only (OpenMP's setting is per thread)
+        with torch.inference_mode():
+            rows, cols = _sweep(a[lo:hi], b, a_low[lo:hi], b_low, a64[lo:hi], b64, eps2, need_second,
+                                block_rows, block_cols, chunk)
+            cols.idx += lo  # row indices of desc0, not of this part
+        return rows, cols
+
+    if parts == 1:
+        results = [sweep(0)]
+    else:
+        caller_threads = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(parts) as pool:
+                results = list(pool.map(sweep, range(parts)))
+        finally:
+            torch.set_num_threads(caller_threads)  # the default that new threads inherit
+    row_parts, cols = [r for r, _ in results], results[0][1]
+    for _, later in results[1:]:
+        cols.merge_later(later)
+    row_idx = torch.cat([r.idx for r in row_parts])
+    row_best = torch.cat([r.best for r in row_parts])
+    row_second = torch.cat([r.second for r in row_parts])
     if not need_second:
         row_second.fill_(NEG_INF)
-        col_second.fill_(NEG_INF)
-    return row_idx, row_best, row_second, col_idx, col_best, col_second
+        cols.second.fill_(NEG_INF)
+    return row_idx, row_best, row_second, cols.idx, cols.best, cols.second
 
 
 def nearest_neighbour_stats(desc0: torch.Tensor, desc1: torch.Tensor, block_rows: Optional[int] = None,
