@@ -481,3 +481,45 @@ def test_every_extractor_downscales_huge_images_by_default():
     assert default.equals(explicit) and default.image_size == full.image_size == (2400, 1800)
     assert not np.array_equal(default.keypoints, full.keypoints)
     assert (default.keypoints.max(axis=0) <= [2399.5, 1799.5]).all() and default.keypoints[:, 0].max() > 1600
+
+
+# ------------------------------------------------------------------------------------------- kornia
+def test_kornia_lafs_follow_kornias_conventions_and_round_trip(two_images):
+    import math
+
+    from localfeat.kornia import from_kornia, to_kornia
+
+    # One keypoint by hand: centre (10, 20), patch diameter 8 -> LAF scale 4 (the radius); orientation
+    # pi/2 -> kornia angle -90 deg -> A = 4 R(-90) = 4 [[0, -1], [1, 0]].
+    f = localfeat.Features([[10.0, 20.0]], [0.5], [[0.6, 0.8]], (64, 48), scales=[8.0], orientations=[math.pi / 2])
+    lafs, responses, descs = to_kornia(f)
+    assert lafs.shape == (1, 1, 2, 3) and responses.shape == (1, 1) and descs.shape == (1, 1, 2)
+    torch.testing.assert_close(lafs[0, 0], torch.tensor([[0.0, -4.0, 10.0], [4.0, 0.0, 20.0]]), atol=1e-6, rtol=0)
+    # kornia's own readers (transcribed from kornia.feature.laf) give back centre, scale and angle.
+    scale = (lafs[..., 0:1, 0:1] * lafs[..., 1:2, 1:2] - lafs[..., 1:2, 0:1] * lafs[..., 0:1, 1:2]).abs().sqrt()
+    angle = torch.rad2deg(torch.atan2(lafs[..., 0, 1], lafs[..., 0, 0]))
+    assert float(scale) == pytest.approx(4.0) and float(angle) == pytest.approx(-90.0)
+    # Real SIFT features: to kornia and back, and OpenCV's keypoint as kornia-moons converts ORB's
+    # (size = LAF scale / 0.5, angle = -LAF angle).
+    root, names = two_images
+    sift = localfeat.load_extractor("sift", **SIFT).extract(root / names[0])
+    back = from_kornia(*to_kornia(sift), image_size=sift.image_size)
+    np.testing.assert_allclose(back.keypoints, sift.keypoints, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(back.scales, sift.scales, rtol=1e-5)
+    diff = np.remainder(back.orientations - sift.orientations + math.pi, 2 * math.pi) - math.pi
+    assert np.abs(diff).max() < 1e-5
+    np.testing.assert_array_equal(back.descriptors, sift.descriptors)
+    np.testing.assert_array_equal(back.scores, sift.scores)
+    lafs, _, _ = to_kornia(sift)
+    cv_size = 2 * (lafs[0, :, 0, 0] * lafs[0, :, 1, 1] - lafs[0, :, 0, 1] * lafs[0, :, 1, 0]).abs().sqrt()
+    cv_angle = np.remainder(-np.degrees(torch.atan2(lafs[0, :, 0, 1], lafs[0, :, 0, 0]).numpy()), 360)
+    np.testing.assert_allclose(cv_size.numpy(), sift.scales, rtol=1e-5)
+    np.testing.assert_allclose(np.radians(cv_angle), np.remainder(sift.orientations, 2 * math.pi), atol=1e-4)
+    # A batch of two images with the same N; a ragged batch is refused.
+    two = to_kornia([sift, sift.select(np.arange(len(sift))[::-1])])
+    assert two[0].shape == (2, len(sift), 2, 3)
+    assert [len(x) for x in from_kornia(*two, image_size=[sift.image_size] * 2)] == [len(sift)] * 2
+    with pytest.raises(ValueError, match="same number of keypoints"):
+        to_kornia([sift, sift.select(np.arange(3))])
+    with pytest.raises(localfeat.ContractError, match=r"lafs has shape \(1, 5, 2, 2\)"):
+        from_kornia(torch.zeros(1, 5, 2, 2), None, torch.zeros(1, 5, 8), (10, 10))
