@@ -36,12 +36,10 @@ from .io.h5 import FeatureStore
 from .io.images import list_images
 from .pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from .pipeline import extract, match
+from .presets import default_matcher_conf
 
 logger = logging.getLogger(__name__)
 
-# Matcher settings per extractor when the user gives none: Lowe's ratio test suits SIFT;
-# learned descriptors use mutual nearest neighbours only (as hloc does for R2D2/ALIKE-like models).
-DEFAULT_MATCHER_CONF = {"sift": {"mutual": True, "ratio": 0.8}}
 
 # COLMAP's registration thresholds (30 absolute-pose inliers, inlier ratio 0.25) suit large photo
 # collections; on small sets they leave weakly connected images (or whole clusters) out. Measured
@@ -125,7 +123,8 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
     """Run the whole SfM pipeline on IMAGES into the folder `output` (layout in the module docstring).
 
     conf / matcher_conf: strict configs of the extractor and matcher; matcher_conf None takes
-    `DEFAULT_MATCHER_CONF[model]` (mutual nearest neighbours otherwise).
+    `presets.default_matcher_conf(model, matcher)` (Lowe's ratio test for SIFT, mutual nearest
+    neighbours for other models).
     pairs: 'exhaustive', 'sequential K', a pairs file, or a list of (name0, name1).
     seed: fixes COLMAP's RANSAC and mapper randomness (None = random).
     mapper_options: pycolmap IncrementalPipelineOptions fields over `DEFAULT_MAPPER_OPTIONS`, e.g.
@@ -150,7 +149,7 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
     out.mkdir(parents=True, exist_ok=True)
     root, names = list_images(images)
     if matcher_conf is None:
-        matcher_conf = dict(DEFAULT_MATCHER_CONF.get(model, {"mutual": True}) if matcher == "nearest_neighbor" else {})
+        matcher_conf = default_matcher_conf(model, matcher)
     stages = ["extract", "pairs", "match", "database", "verify", "map", "write"]
     timings: dict[str, float] = {}
     bar = tqdm(total=len(stages), desc="sfm", unit="stage", disable=None, position=0)
@@ -249,6 +248,5 @@ def reconstruct(images: Union[str, os.PathLike], output: Union[str, os.PathLike]
     return summary
 
 
-__all__ = ["reconstruct", "resolve_pairs", "reconstruction_summary", "SUMMARY_KEYS", "DEFAULT_MATCHER_CONF",
-           "DEFAULT_MAPPER_OPTIONS",
+__all__ = ["reconstruct", "resolve_pairs", "reconstruction_summary", "SUMMARY_KEYS", "DEFAULT_MAPPER_OPTIONS",
            "ColmapError"]

@@ -47,13 +47,22 @@ def add_command(subparsers, name: str, help: str, example: str, func) -> argpars
 
 
 def add_model_args(parser, default_model: str = "sift") -> None:
-    """--model SPEC, --conf KEY=VALUE..., --resize-max N (read back with `model_spec`)."""
-    parser.add_argument("--model", default=default_model, metavar="SPEC",
-                        help="registered extractor as NAME or NAME:key=value,... (see `localfeat models`)")
+    """--model SPEC | --preset NAME, --conf KEY=VALUE..., --resize-max N (read back with `model_spec`)."""
+    from ..presets import EXTRACT
+
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--model", default=None, metavar="SPEC",
+                       help=f"registered extractor as NAME or NAME:key=value,... (see `localfeat models`; "
+                            f"default {default_model})")
+    group.add_argument("--preset", default=None, metavar="NAME",
+                       help=f"named extractor settings (--conf keys override them): {', '.join(EXTRACT)}")
+    parser.set_defaults(default_model=default_model)
     parser.add_argument("--conf", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="model config, e.g. --conf max_keypoints=2048 rootsift=true")
     parser.add_argument("--resize-max", type=int, default=None,
-                        help="downscale images so that max(H, W) <= N before extraction")
+                        help="downscale images so that max(H, W) <= N before extraction (default: the "
+                             "model's resize_max, 1600 unless a preset says otherwise; --conf resize_max=none "
+                             "for full resolution)")
 
 
 def _merge_spec(option: str, spec: str, items, extra_option: str) -> tuple[str, dict]:
@@ -69,29 +78,55 @@ def _merge_spec(option: str, spec: str, items, extra_option: str) -> tuple[str, 
 
 
 def model_spec(args) -> tuple[str, dict]:
-    """(extractor name, config) from --model SPEC, --conf and --resize-max."""
-    name, conf = _merge_spec("--model", args.model, args.conf, "--conf")
+    """(extractor name, config) from --model SPEC or --preset NAME, then --conf and --resize-max."""
+    from ..config import parse_conf_items
+    from ..presets import extract_preset
+
+    if getattr(args, "preset", None):
+        preset = extract_preset(args.preset)
+        name, conf = preset.model, {**preset.conf, **parse_conf_items(args.conf)}
+    else:
+        name, conf = _merge_spec("--model", args.model or args.default_model, args.conf, "--conf")
     if getattr(args, "resize_max", None) is not None:
         conf["resize_max"] = args.resize_max
     return name, conf
 
 
-def add_matcher_args(parser, conf_option: str = "--matcher-conf", conf_help: str = "matcher config") -> None:
-    """--matcher SPEC and its config option (`--conf` for `match`, `--matcher-conf` elsewhere)."""
-    parser.add_argument("--matcher", default="nearest_neighbor", metavar="SPEC",
-                        help="registered matcher as NAME or NAME:key=value,...")
+def add_matcher_args(parser, conf_option: str = "--matcher-conf", conf_help: str = "matcher config",
+                     preset_option: str = "--match-preset") -> None:
+    """--matcher SPEC | PRESET_OPTION NAME and the config option (`--conf` and `--preset` for `match`,
+    `--matcher-conf` and `--match-preset` elsewhere); read back with `matcher_spec`."""
+    from ..presets import MATCH
+
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--matcher", default=None, metavar="SPEC",
+                       help="registered matcher as NAME or NAME:key=value,... (default nearest_neighbor, or the "
+                            "matcher of the extractor's --preset)")
+    group.add_argument(preset_option, dest="match_preset", default=None, metavar="NAME",
+                       help=f"named matcher settings ({conf_option} keys override them): {', '.join(MATCH)}")
     if conf_option:
         parser.add_argument(conf_option, nargs="*", action="extend", default=None, metavar="KEY=VALUE",
                             help=conf_help)
 
 
 def matcher_spec(args, conf_attr: str = "matcher_conf") -> tuple[str, dict | None]:
-    """(matcher name, config); the config is None when neither the spec nor the option gives one
-    (callers then use the model's default, e.g. a ratio test for SIFT)."""
+    """(matcher name, config) from --matcher SPEC or the match preset, else the match preset of the
+    extractor's --preset, else nearest_neighbor; the config is None when nothing gives one (callers then
+    use `presets.default_matcher_conf`, e.g. a ratio test for SIFT)."""
+    from ..config import parse_conf_items
+    from ..presets import extract_preset, match_preset
+
     items = getattr(args, conf_attr, None)
+    preset = getattr(args, "match_preset", None)
+    if preset is None and args.matcher is None and getattr(args, "preset", None):
+        preset = extract_preset(args.preset).match
+    if preset is not None:
+        p = match_preset(preset)
+        return p.matcher, {**p.conf, **parse_conf_items(items)}
+    spec = args.matcher or "nearest_neighbor"
     option = "--" + conf_attr.replace("_", "-")
-    name, conf = _merge_spec("--matcher", args.matcher, items, option)
-    if items is None and ":" not in args.matcher:
+    name, conf = _merge_spec("--matcher", spec, items, option)
+    if items is None and ":" not in spec:
         return name, None
     return name, conf
 

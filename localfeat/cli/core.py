@@ -101,7 +101,7 @@ def view(args) -> tuple[Path, str]:
         extractor = load_extractor(name, **conf)
     if args.heatmaps:
         if not hasattr(extractor, "dense_maps"):
-            raise ValueError(f"model {args.model!r} has no dense maps to show (--heatmaps)")
+            raise ValueError(f"model {extractor.name!r} has no dense maps to show (--heatmaps)")
         # Heatmaps of the image the model sees (honours --resize-max; large images stay fast).
         shown, _ = resize_max(images[0], extractor.conf.get("resize_max"))
         # Each panel carries its own title (map name and value range).
@@ -184,6 +184,15 @@ def cmd_models(args) -> int:
             else:
                 note = "not needed" if not specs else "; ".join(status(s) for s in specs)
             print(f"    weights: {note}")
+    from ..presets import EXTRACT, MATCH
+
+    print("extract presets (--preset NAME):")
+    for p in EXTRACT.values():
+        conf = ", ".join(f"{k}={v!r}" for k, v in p.conf.items())
+        print(f"  {p.name:16s} {p.model}: {conf}; matcher preset {p.match}")
+    print("match presets (match --preset NAME, elsewhere --match-preset NAME):")
+    for p in MATCH.values():
+        print(f"  {p.name:22s} {p.matcher}: " + ", ".join(f"{k}={v!r}" for k, v in p.conf.items()))
     return 0
 
 
@@ -211,7 +220,7 @@ def register(sub, groups) -> None:
                    help="matches.h5 to write (resumed if it exists); with --model: the pair matches file "
                         "(keypoints0/keypoints1/scores per pair, see docs/detector_free.md)")
     add_pair_args(p)
-    add_matcher_args(p, conf_option="--conf")
+    add_matcher_args(p, conf_option="--conf", preset_option="--preset")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="a detector-free matcher as NAME or NAME:key=value,... (--conf items go to it)")
     p.add_argument("--resize-max", type=int, default=None,

@@ -250,6 +250,7 @@ def evaluate_pose(pairs_file: str | os.PathLike, images: str | os.PathLike, mode
     ``pose_<model>_<hash>.json``; an existing file is returned as is unless `overwrite`.
     """
     from ..io.images import read_image
+    from ..presets import default_matcher_conf
     from ..registry import conf_hash, load_extractor, load_matcher
 
     from ..dense import is_detector_free
@@ -264,8 +265,7 @@ def evaluate_pose(pairs_file: str | os.PathLike, images: str | os.PathLike, mode
     elif extractor is None:
         extractor = load_extractor(model, **(conf or {}))
     if matcher_conf is None:
-        matcher_conf = {"mutual": True, "ratio": 0.8} if (extractor.name == "sift" and matcher == "nearest_neighbor") \
-            else {}
+        matcher_conf = default_matcher_conf(extractor.name, matcher)
     matcher_obj = extractor if dense else load_matcher(matcher, **matcher_conf)
     identity = {"model": extractor.name, "conf": extractor.conf, "conf_hash": extractor.conf_hash,
                 "matcher": matcher_obj.name, "matcher_conf_hash": matcher_obj.conf_hash,
