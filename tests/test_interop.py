@@ -523,3 +523,30 @@ def test_kornia_lafs_follow_kornias_conventions_and_round_trip(two_images):
         to_kornia([sift, sift.select(np.arange(3))])
     with pytest.raises(localfeat.ContractError, match=r"lafs has shape \(1, 5, 2, 2\)"):
         from_kornia(torch.zeros(1, 5, 2, 2), None, torch.zeros(1, 5, 8), (10, 10))
+
+
+# ------------------------------------------------------------------------------------ eval pictures
+def test_hpatches_plot_says_what_set_each_curve_is_on_and_hides_empty_panels(tmp_path):
+    import cv2
+
+    from localfeat.eval.plots import figure_title, plot_mma, visible_panels
+
+    curve = [0.2, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96]
+    results = {
+        "dataset": {"sequences": {"i": 0, "v": 2}, "n_pairs": 10},
+        "methods": {"sift": {"thresholds": list(range(1, 11)), "mma_overall": curve, "mma_illumination": None,
+                             "mma_viewpoint": curve}},
+        "published": {"r2d2": {"thresholds": list(range(1, 11)), "mma_overall": curve, "mma_illumination": curve,
+                               "mma_viewpoint": curve,
+                               "n_pairs": {"overall": 540, "illumination": 260, "viewpoint": 280}}},
+    }
+    # Before: an Illumination panel with no data of ours, and no word that the published curves are on
+    # the full HPatches set while ours are on a 10-pair subset.
+    assert visible_panels(results) == [("mma_overall", "Overall"), ("mma_viewpoint", "Viewpoint")]
+    title = figure_title(results)
+    assert "0 illumination + 2 viewpoint sequences, 10 pairs" in title
+    assert "published (dashed): from each paper's own run on its HPatches set (540 pairs), not on these" in title
+    path = plot_mma(results, tmp_path / "mma.png")
+    assert cv2.imread(str(path)).shape[1] == 1000  # two 5-inch panels at 100 dpi (three were 1500 px)
+    results["methods"]["sift"]["mma_illumination"] = curve
+    assert len(visible_panels(results)) == 3

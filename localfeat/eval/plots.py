@@ -9,12 +9,38 @@ logger = logging.getLogger(__name__)
 PANELS = (("mma_overall", "Overall"), ("mma_illumination", "Illumination"), ("mma_viewpoint", "Viewpoint"))
 
 
+def visible_panels(results: dict) -> list[tuple[str, str]]:
+    """(key, title) of the panels to draw: those where one of our methods has a curve (a subset without
+    illumination sequences has no Illumination panel); with no method of ours, those of the published."""
+    ours = list(results.get("methods", {}).values()) or list(results.get("published", {}).values())
+    return [(key, title) for key, title in PANELS if any(m.get(key) is not None for m in ours)]
+
+
+def figure_title(results: dict) -> str:
+    """What set the curves are on: ours (sequences, pairs) and, when shown, the published curves' own set."""
+    ds = results.get("dataset", {})
+    seq = ds.get("sequences", {})
+    lines = []
+    if seq:
+        pairs = f", {ds['n_pairs']} pairs" if "n_pairs" in ds else ""
+        lines.append(f"HPatches MMA of our runs (solid): {seq.get('i', 0)} illumination + {seq.get('v', 0)} "
+                     f"viewpoint sequences{pairs}")
+    published = results.get("published", {})
+    if published:
+        counts = sorted({int(m.get("n_pairs", {}).get("overall", 0)) for m in published.values()})
+        their = " / ".join(str(c) for c in counts if c) or "unknown"
+        lines.append(f"published (dashed): from each paper's own run on its HPatches set ({their} pairs), "
+                     "not on these images; compare with care")
+    return "\n".join(lines)
+
+
 def plot_mma(results: dict, path, max_threshold: int = 10) -> Path:
     """Draw MMA(t), t = 1..max_threshold, of every method (solid) and published curve (dashed) to a PNG.
 
     results: the dict of results.json ('methods' and optional 'published', each with `thresholds`
     and the curves `mma_overall`, `mma_illumination`, `mma_viewpoint`; None curves are skipped).
-    The file is written atomically. Returns the path.
+    Panels without data of ours are left out (`visible_panels`); the title says which set each kind of
+    curve is on (`figure_title`). The file is written atomically. Returns the path.
     """
     import matplotlib
 
@@ -27,8 +53,12 @@ def plot_mma(results: dict, path, max_threshold: int = 10) -> Path:
     curves = [(label, m, "-") for label, m in results.get("methods", {}).items()]
     curves += [(f"{label} (published)", m, "--") for label, m in results.get("published", {}).items()]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
-    for ax, (key, title) in zip(axes, PANELS):
+    panels = visible_panels(results) or list(PANELS[:1])
+    title = figure_title(results)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6 + 0.25 * title.count("\n")),
+                             sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, (key, panel_title) in zip(axes, panels):
         drawn = 0
         for idx, (label, m, style) in enumerate(curves):
             ys = m.get(key)
@@ -40,17 +70,15 @@ def plot_mma(results: dict, path, max_threshold: int = 10) -> Path:
                     markersize=3, label=label)
         if not drawn:
             ax.text(0.5, 0.5, "no sequences of this kind", transform=ax.transAxes, ha="center", color="gray")
-        ax.set_title(title, fontsize=14)
+        ax.set_title(panel_title, fontsize=14)
         ax.set_xlim(1, max_threshold)
         ax.set_ylim(0, 1)
         ax.set_xticks(range(1, max_threshold + 1))
         ax.set_xlabel("threshold [px]", fontsize=12)
         ax.grid(True, alpha=0.4)
     axes[0].set_ylabel("MMA", fontsize=12)
-    ds = results.get("dataset", {}).get("sequences", {})
-    if ds:
-        fig.suptitle(f"HPatches MMA: {ds.get('i', 0)} illumination + {ds.get('v', 0)} viewpoint sequences",
-                     fontsize=12)
+    if title:
+        fig.suptitle(title, fontsize=11)
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         for ax in axes[1:]:
