@@ -72,12 +72,24 @@ def _download_and_unpack(packages: Iterable[str], work: Path) -> dict[str, Path]
     return roots
 
 
+def downscale(image: np.ndarray, max_short_side: int) -> np.ndarray:
+    """Area-downscale so that the shorter side is `max_short_side` (never upscales)."""
+    f = max_short_side / min(image.shape[:2])
+    if f >= 1:
+        return image
+    return cv2.resize(image, (round(image.shape[1] * f), round(image.shape[0] * f)), interpolation=cv2.INTER_AREA)
+
+
 def gather(out_dir: str | os.PathLike, packages: Iterable[str] = DEBIAN_PACKAGES, min_side: int = 240,
-           include_skimage: bool = True, extra: Optional[dict[str, str | os.PathLike]] = None) -> dict[str, int]:
+           include_skimage: bool = True, extra: Optional[dict[str, str | os.PathLike]] = None,
+           max_short_side: Optional[int] = 720) -> dict[str, int]:
     """Collect the photos of `packages` (and scikit-image's, and `extra` {source name: folder}) into
-    OUT_DIR/<source>/<sha1[:16]><suffix>, with OUT_DIR/manifest.csv (source, original path, sha1,
-    width, height) and OUT_DIR/licences/<source>.copyright. The folder is built beside OUT_DIR and
-    renamed at the end, so an interrupted run leaves no half-filled OUT_DIR. Returns {source: count}."""
+    OUT_DIR/<source>/<sha1[:16]><suffix>, with OUT_DIR/manifest.csv (source, original path, sha1 of the
+    original file, original width, height) and OUT_DIR/licences/<source>.copyright. Photos whose shorter
+    side exceeds `max_short_side` are stored area-downscaled to it as JPEG (quality 95): training crops
+    are taken at a shorter side of ~480, and decoding 4K wallpapers would starve the data loader.
+    The folder is built beside OUT_DIR and renamed at the end, so an interrupted run leaves no
+    half-filled OUT_DIR. Returns {source: count}."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists: remove it or choose another output folder")
@@ -107,7 +119,11 @@ def gather(out_dir: str | os.PathLike, packages: Iterable[str] = DEBIAN_PACKAGES
                     if not is_photo(image, min_side):
                         continue
                     seen.add(digest)
-                    dest = staging / source / f"{digest[:16]}{path.suffix.lower()}"
+                    suffix = path.suffix.lower()
+                    if max_short_side and min(image.shape[:2]) > max_short_side:
+                        image = downscale(image, max_short_side)
+                        data, suffix = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), ".jpg"
+                    dest = staging / source / f"{digest[:16]}{suffix}"
                     dest.parent.mkdir(exist_ok=True)
                     dest.write_bytes(data)
                     rows.append([source, str(path.relative_to(root)), digest, image.shape[1], image.shape[0]])
@@ -134,10 +150,12 @@ def main(argv=None) -> int:
                                             "and scikit-image (see the module docstring for the licences).")
     p.add_argument("-o", "--output", required=True, help="output folder (must not exist)")
     p.add_argument("--min-side", type=int, default=240, help="minimum shorter side in pixels (default 240)")
+    p.add_argument("--max-short-side", type=int, default=720,
+                   help="store larger photos downscaled to this shorter side (default 720; 0 = keep)")
     p.add_argument("--packages", nargs="*", default=list(DEBIAN_PACKAGES), help="Debian packages to read")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    counts = gather(args.output, args.packages, args.min_side)
+    counts = gather(args.output, args.packages, args.min_side, max_short_side=args.max_short_side or None)
     for source, n in counts.items():
         print(f"{source:32s} {n:5d}")
     print(f"{'total':32s} {sum(counts.values()):5d} photos in {args.output}")
