@@ -7,11 +7,13 @@
 
     localfeat.extract("images/", "features.h5", model="sift")          # files in, files out
     localfeat.match("features.h5", "matches.h5", pairs=[("a.jpg", "b.jpg")])
+
+    pm = localfeat.load_matcher("loftr").match_images("a.jpg", "b.jpg")   # detector-free: PairMatches
 """
 from .pipeline import extract, match
 from .registry import ConfigError, load_extractor, load_matcher
-from .types import ContractError, Features, Matches
+from .types import ContractError, Features, Matches, PairMatches
 
-__all__ = ["extract", "match", "load_extractor", "load_matcher", "Features", "Matches",
+__all__ = ["extract", "match", "load_extractor", "load_matcher", "Features", "Matches", "PairMatches",
            "ConfigError", "ContractError"]
 __version__ = "0.1.0"
