@@ -550,3 +550,23 @@ def test_hpatches_plot_says_what_set_each_curve_is_on_and_hides_empty_panels(tmp
     assert cv2.imread(str(path)).shape[1] == 1000  # two 5-inch panels at 100 dpi (three were 1500 px)
     results["methods"]["sift"]["mma_illumination"] = curve
     assert len(visible_panels(results)) == 3
+
+
+def test_every_verb_and_verb_group_help_ends_with_an_example():
+    import argparse
+
+    from localfeat.cli.main import build_parser
+
+    def sub_verbs(parser):
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return actions[0].choices if actions else {}
+
+    checked = 0
+    for verb, parser in sub_verbs(build_parser()).items():
+        for name, p in [(verb, parser)] + [(f"{verb} {k}", v) for k, v in sub_verbs(parser).items()]:
+            last = p.format_help().rstrip().splitlines()
+            # Before: `localfeat export --help` (and the other groups) ended with the option list.
+            assert last[-1].startswith("  localfeat "), (name, last[-3:])
+            assert any(line in ("example:", "examples:") for line in last[-12:]), name
+            checked += 1
+    assert checked >= 25

@@ -48,7 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     groups = _VerbGroups(sub)
     for module in VERB_MODULES:
         module.register(sub, groups)
+    for verb_parser in sub.choices.values():
+        _group_examples(verb_parser)
     return parser
+
+
+def _group_examples(parser: argparse.ArgumentParser) -> None:
+    """A verb with sub-verbs (`export`, `eval`, ...): its --help ends with each sub-verb's example."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs or parser.epilog:
+        return
+    examples = []
+    for child in subs[0].choices.values():
+        lines = (child.epilog or "").splitlines()
+        if lines and lines[0] == "example:":
+            examples.append(lines[1])
+    if examples:
+        parser.epilog = "examples:\n" + "\n".join(examples)
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def main(argv=None) -> int:
