@@ -570,3 +570,20 @@ def test_every_verb_and_verb_group_help_ends_with_an_example():
             assert any(line in ("example:", "examples:") for line in last[-12:]), name
             checked += 1
     assert checked >= 25
+
+
+def test_docs_link_only_files_of_the_repository_and_cite_no_internal_issues():
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    pages = [repo / "README.md"] + sorted((repo / "docs").glob("*.md"))
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        # Before: docs/lightglue.md and docs/hpatches.md pointed at a DESIGN.md that is not in the
+        # repository, and docs cited "the note of issue 6".
+        assert not re.search(r"\bissues? #?\d+", text, re.IGNORECASE), page.name
+        assert "DESIGN.md" not in text and "STYLE.md" not in text, page.name
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which is not in the repository"
