@@ -232,7 +232,9 @@ def test_weights_specs_and_override(tmp_path):
         assert sha256_file(path) == WEIGHTS[variant].sha256
     path = find_weights(WEIGHTS["alike-t"], download=False)
     model = load_extractor("alike", variant="alike-t", weights=str(path), device="cpu")
-    assert sum(p.numel() for p in model.net.parameters()) > 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = model.net.state_dict()
+    assert set(loaded) == set(state) and [k for k in state if not torch.equal(loaded[k], state[k])] == []
     with pytest.raises(WeightsNotFoundError, match="weights=.*nothing.pth: no such file"):
         load_extractor("alike", variant="alike-t", weights=str(tmp_path / "nothing.pth"))
     with pytest.raises(ValueError, match=r"alike-t.pth: not compatible with alike alike-n \(.*shape mismatch"):

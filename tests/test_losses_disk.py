@@ -76,8 +76,21 @@ def test_sample_keypoints_log_probs():
     xy, lp = sample_keypoints(logits, 2)
     assert xy.tolist() == [[1, 0]]
     assert lp.item() == pytest.approx(0.0, abs=1e-6)
+    # A cell with a real choice: the sampled proposal k has lp = log softmax(l)_k + log sigmoid(l_k) and
+    # d lp / d l = onehot_k (2 - sigmoid(l_k)) - softmax(l) (acceptance is near-certain: all l >= 9).
+    values = [[10.0, 11.0], [12.0, 9.0]]
+    logits = torch.tensor(values, requires_grad=True)
+    torch.manual_seed(3)
+    xy, lp = sample_keypoints(logits, 2)
+    assert xy.shape == (1, 2)
+    k = int(xy[0, 1]) * 2 + int(xy[0, 0])
+    flat = torch.tensor(values, dtype=torch.float64).reshape(-1)
+    soft = torch.softmax(flat, 0)
+    assert lp.item() == pytest.approx(float(torch.log(soft[k]) + torch.nn.functional.logsigmoid(flat[k])), abs=1e-6)
     lp.sum().backward()
-    assert logits.grad is not None
+    expected = -soft
+    expected[k] += 2 - torch.sigmoid(flat[k])
+    torch.testing.assert_close(logits.grad.reshape(-1).double(), expected, atol=1e-6, rtol=0)
 
 
 def test_theta_and_ramp_schedules():

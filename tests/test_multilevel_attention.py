@@ -10,6 +10,7 @@ from localfeat.cli import main
 from localfeat.extractors.multilevel_attention import MultiLevelAttentionNet, read_at_pixels
 from localfeat.io.images import read_image, resize_max
 from localfeat.registry import ConfigError
+from localfeat.viz import draw_heatmaps
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,18 @@ def test_extraction_keypoints_descriptors(image, tmp_path):
     kx, ky = f.keypoints[:, 0].astype(int), f.keypoints[:, 1].astype(int)
     np.testing.assert_allclose(maps["combined"][ky, kx], f.scores, rtol=1e-5)
     out = tmp_path / "heat.png"
-    assert main(["view", str(shared("sfm_sacre_coeur_hloc", "mapping", "02928139_3448003521.jpg")), "--heatmaps",
-                 "--model", "multilevel_attention", "--conf", "arch=resnet18", f"weights={tmp_path / 'mla.pt'}",
-                 "--resize-max", "128", "-o", str(out)]) == 0
-    assert out.stat().st_size > 5000
+    photo = shared("sfm_sacre_coeur_hloc", "mapping", "02928139_3448003521.jpg")
+    assert main(["view", str(photo), "--heatmaps", "--model", "multilevel_attention", "--conf", "arch=resnet18",
+                 f"weights={tmp_path / 'mla.pt'}", "--resize-max", "128", "-o", str(out)]) == 0
+    # The picture: the image as the model saw it (longer side 128), then the 4 maps over it, 10-px gaps.
+    shown, _ = resize_max(read_image(photo), 128)
+    h, w = shown.shape[:2]
+    picture = read_image(out)
+    assert max(h, w) == 128 and picture.shape == (h, 5 * w + 4 * 10, 3)
+    np.testing.assert_array_equal(picture[:, :w], shown)
+    assert (picture[:, w:w + 10] == 255).all()
+    small = load_extractor("multilevel_attention", arch="resnet18", weights=str(tmp_path / "mla.pt"), device="cpu")
+    np.testing.assert_array_equal(picture, draw_heatmaps(shown, small.dense_maps(shown)))
 
 
 def test_autoencoder_pretraining_lowers_reconstruction_loss(image):

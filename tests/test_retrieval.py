@@ -2,12 +2,14 @@
 distractors) through the Python API and the CLI; untrained DeLF end to end."""
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from conftest import shared
 from localfeat.cli import main
+from localfeat.io.images import read_image
 from localfeat.retrieval import Retriever, average_precision, build_index, vote
 from localfeat.train.delf import build_class_folders
 
@@ -74,7 +76,20 @@ def test_cli_query_json_and_picture(photos, tmp_path):
     assert len(out) == 3 and set(out[0]) == {"image", "score", "inliers"}
     assert out[0]["image"].startswith("st_pauls/") and out[0]["image"] != "st_pauls/1.jpg"
     assert out[0]["score"] >= out[1]["score"] >= out[2]["score"] and out[0]["inliers"] >= 15
-    assert (tmp_path / "r.png").stat().st_size > 10_000
+    # the picture: one 360-px row per result (query, 10-px gap, result), each followed by 6 white rows
+    picture = read_image(tmp_path / "r.png")
+    assert picture.shape[0] == 3 * (360 + 6)
+    query_img = read_image(q)
+    for k, item in enumerate(out):
+        row = picture[k * 366:k * 366 + 360]
+        a = cv2.resize(query_img, (round(query_img.shape[1] * 360 / query_img.shape[0]), 360),
+                       interpolation=cv2.INTER_AREA)
+        other = read_image(photos / item["image"])
+        b = cv2.resize(other, (round(other.shape[1] * 360 / other.shape[0]), 360), interpolation=cv2.INTER_AREA)
+        # lines and the caption cover a part of each image: most pixels are the images themselves
+        left, right = row[:, :a.shape[1]].astype(int), row[:, a.shape[1] + 10:a.shape[1] + 10 + b.shape[1]]
+        assert np.median(np.abs(left - a).max(-1)) <= 2 and np.median(np.abs(right.astype(int) - b).max(-1)) <= 2
+        assert (picture[k * 366 + 360:(k + 1) * 366] == 255).all()
     assert main(["retrieve", "query", str(tmp_path / "nope"), str(q)]) == 2   # missing index: a clear error
 
 
@@ -85,5 +100,25 @@ def test_untrained_delf_runs_end_to_end(photos, tmp_path):
     index = build_index(photos, tmp_path / "idx", model="delf", conf=conf)
     r = Retriever(index, device="cpu")
     assert r.database.shape[1] == 256 and len(r.names) == 9
-    res = r.query(photos / "kitti" / "000100.png", top=None, method="homography")
-    assert len(res) == 8 and all(isinstance(x.inliers, int) for x in res)
+    feats = [r.features(name) for name in r.names]
+    assert all(0 < len(f) <= 100 for f in feats) and len(r.database) == sum(len(f) for f in feats)
+    np.testing.assert_allclose(r.database.norm(dim=1).numpy(), 1, atol=1e-5)
+    query = photos / "kitti" / "000100.png"
+    res = r.query(query, top=None, method="homography")
+    names = [x.image for x in res]
+    assert sorted(names) == sorted(n for n in r.names if n != "kitti/000100.png")   # every image but the query
+    # the votes, recomputed by brute force: each query descriptor votes once for each image among its
+    # 5 most similar database descriptors (the query's own rows left out)
+    q = r.extractor.extract(query).descriptors
+    owner = r.owner.numpy()
+    sim = q @ r.database.numpy().T
+    sim[:, owner == r.names.index("kitti/000100.png")] = -np.inf
+    top5 = np.argsort(-sim, axis=1, kind="stable")[:, :5]
+    expected = {name: int(sum(i in set(owner[row]) for row in top5)) for i, name in enumerate(r.names)}
+    assert {x.image: x.votes for x in res} == {n: expected[n] for n in names}
+    # ranked by inliers, then votes; score = inliers + votes / (1 + most votes)
+    assert [(x.inliers, x.votes) for x in res] == sorted(((x.inliers, x.votes) for x in res), reverse=True)
+    vmax = max(x.votes for x in res)
+    for x in res:
+        assert x.score == pytest.approx(x.inliers + x.votes / (1 + vmax), abs=1e-12)
+        assert x.inliers == 0 or 15 <= x.inliers <= min(len(q), 100)
