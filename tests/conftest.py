@@ -45,3 +45,15 @@ def fetched_weights(name: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return shared()
+
+
+def _devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=_devices())
+def device(request) -> str:
+    """Every device a test should pass on: 'cpu' always, 'cuda' too where a GPU is present."""
+    return request.param

@@ -71,11 +71,15 @@ def test_ratio_with_duplicate_neighbours_rejects():
     assert len(idx) == 0  # best and second-best equally close: ambiguous
 
 
-def test_matcher_object_and_errors():
+def test_matcher_object_and_errors(device):
     d = random_desc(20, 8, 3)
     f = Features(np.zeros((20, 2)), np.ones(20), d, (10, 10))
-    m = localfeat.load_matcher("nearest_neighbor").match(f, f)
+    m = localfeat.load_matcher("nearest_neighbor", device=device).match(f, f)
     assert m.indices.tolist() == [[i, i] for i in range(20)] and np.allclose(m.scores, 1, atol=1e-6)
+    other = random_desc(15, 8, 4)
+    g = Features(np.zeros((15, 2)), np.ones(15), other, (10, 10))
+    np.testing.assert_array_equal(localfeat.load_matcher("nearest_neighbor", device=device).match(f, g).indices,
+                                  brute_force(d, other, True, None, None))
     g = Features(np.zeros((20, 2)), np.ones(20), random_desc(20, 4, 1), (10, 10))
     with pytest.raises(ValueError, match="descriptor dimensions differ"):
         localfeat.load_matcher("nearest_neighbor").match(f, g)
@@ -194,8 +198,8 @@ def test_block_sizes_follow_the_caches():
     rows, cols = nn.choose_blocks(30000, 30000, 128, 32)
     info = nn.cpu_info()
     assert rows % 32 == 0 and cols % 32 == 0
-    assert cols * 128 * 4 <= max(info.l2 // 2, 32 * 128 * 4)       # a column block of desc1 fits in L2
-    assert rows * cols * 4 <= max(info.l2 * torch.get_num_threads(), 32 * cols * 4)
+    assert cols * 128 * 4 <= max(info.l2, 32 * 128 * 4)            # a column block of desc1 fits in L2
+    assert rows * cols * 4 <= max(info.l3 // 2, 32 * cols * 4)     # a similarity block fits in L3
     assert nn.choose_blocks(10, 20, 128, 32) == (32, 32)           # never larger than the inputs need
 
 
