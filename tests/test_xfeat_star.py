@@ -131,3 +131,30 @@ def test_pipeline_files_resume_and_quantise(xstar, tmp_path):
     # tracks: image 1 keypoints are shared by the two pairs
     m13 = ms.get("1.ppm", "3.ppm")
     assert len(np.intersect1d(m.indices[:, 0], m13.indices[:, 0])) > 100
+
+
+def test_invariance_sweep_scores_pair_matches(xstar):
+    """Detector-free models run in the invariance sweeps; an identity pair is matched almost perfectly and a
+    90-degree rotation (XFeat is not rotation invariant) is not."""
+    from localfeat.eval.invariance import run_sweeps
+
+    r = run_sweeps(["xfeat_star"], axes=["rotation"], steps={"rotation": [0, 90]}, max_photos=1, size=320,
+                   progress=False)
+    same, turned = r["results"]["xfeat_star"]["rotation"]
+    assert same["mma"]["3"] > 0.9 and same["n_correct"] > 1000 and same["h_success"] == 1.0
+    assert turned["mma"]["3"] < 0.2
+
+
+def test_pair_matches_contract():
+    from localfeat.types import ContractError
+
+    pm = PairMatches(np.zeros((3, 2)), np.ones((3, 2)), [0.1, 0.2, 0.3], image_size0=(10, 8))
+    assert pm.keypoints0.dtype == np.float32 and pm.image_size0 == (10, 8) and pm.image_size1 is None
+    assert len(pm.select(pm.scores > 0.15)) == 2
+    assert PairMatches.from_dict(pm.to_dict()).image_size0 == (10, 8)
+    with pytest.raises(ContractError, match=r"keypoints1 has shape \(2, 2\), expected \(M, 2\) with M=3"):
+        PairMatches(np.zeros((3, 2)), np.zeros((2, 2)))
+    with pytest.raises(ContractError, match="non-finite"):
+        PairMatches(np.full((1, 2), np.nan), np.zeros((1, 2)))
+    with pytest.raises(ContractError, match="image_size1"):
+        PairMatches(np.zeros((1, 2)), np.zeros((1, 2)), image_size1=(0, 5))

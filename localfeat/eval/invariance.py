@@ -168,6 +168,22 @@ def evaluate_pair(fa: Features, fb: Features, H: np.ndarray, border: float = 4.0
             "corner_error": float(err) if math.isfinite(err) else None}
 
 
+def evaluate_pair_matches(pm, H: np.ndarray, size_a, size_b, border: float = 4.0) -> dict:
+    """`evaluate_pair` for a detector-free matcher's `PairMatches` (A -> B, H: A -> B): the matches whose
+    two points are covisible (as the keypoints of `evaluate_pair`) are scored; n_a = n_b = their count."""
+    keep = covisible(pm.keypoints0, H, size_b, border) & covisible(pm.keypoints1, np.linalg.inv(H), size_a, border)
+    k0, k1 = pm.keypoints0[keep], pm.keypoints1[keep]
+    dist = np.linalg.norm(warp_points(k0.astype(np.float64), H) - k1, axis=1) if len(k0) else np.zeros(0)
+    acc = metrics.matching_accuracy(dist, MMA_KEYS)
+    H_est, _ = estimate_homography(k0, k1)
+    err = corner_error(H, H_est, size_a)
+    return {"mma": {str(t): float(a) for t, a in zip(MMA_KEYS, acc)},
+            "n_correct": int(metrics.correct_counts(dist, (CORRECT_PX,))[0]), "n_matches": int(len(k0)),
+            "n_a": int(len(k0)), "n_b": int(len(k0)),
+            "h_success": float(math.isfinite(err) and err <= HOMOGRAPHY_PX),
+            "corner_error": float(err) if math.isfinite(err) else None}
+
+
 def _mean_step(value, pairs: list[dict]) -> dict:
     out = {"value": float(value),
            "mma": {k: float(np.mean([p["mma"][k] for p in pairs])) for k in pairs[0]["mma"]},
@@ -210,7 +226,7 @@ def run_sweeps(models: Sequence[str], photos=None, axes: Sequence[str] = AXES, s
     "per_pair": {spec: {axis: [[pair dicts of the step]]}}}."""
     from tqdm import tqdm
 
-    from ..registry import load_extractor, parse_model_spec
+    from ..registry import load_extractor, load_matcher, parse_model_spec
     from .hpatches import select_top_k
 
     steps = {a: list((steps or {}).get(a, DEFAULT_STEPS[a])) for a in axes}
@@ -225,17 +241,28 @@ def run_sweeps(models: Sequence[str], photos=None, axes: Sequence[str] = AXES, s
             for si, v in enumerate(steps[a]):
                 for lon in (longitudes if a == "tilt" else (0.0,)):
                     jobs.append((pi, a, si, v, lon))
+    from ..dense import is_detector_free
+
     results, per_pair = {}, {}
     for spec in models:
+        name, conf = parse_model_spec(spec)
+        dense = not (extractors and spec in extractors) and is_detector_free(name)
         if extractors and spec in extractors:
             ext = extractors[spec]
+        elif dense:   # LoFTR family, XFeat*: the pair's matches are scored directly (top_k does not apply)
+            ext = load_matcher(name, **conf)
         else:
-            name, conf = parse_model_spec(spec)
             ext = load_extractor(name, **conf)
         feats_a = {}
         pairs: dict = {a: [[] for _ in steps[a]] for a in axes}
         for pi, a, si, v, lon in tqdm(jobs, desc=spec, disable=None if progress else True):
             img = images[pi][1]
+            if dense:
+                img_b, H = make_pair(img, a, v, lon, seed=1000 * pi + si)
+                pm = ext.match_images(img, img_b)
+                size_a, size_b = (img.shape[1], img.shape[0]), (img_b.shape[1], img_b.shape[0])
+                pairs[a][si].append(evaluate_pair_matches(pm, H, size_a, size_b, border))
+                continue
             if pi not in feats_a:
                 feats_a[pi] = select_top_k(ext.extract(img), top_k)
             img_b, H = make_pair(img, a, v, lon, seed=1000 * pi + si)
