@@ -26,6 +26,16 @@ def cmd_dataset_merge(args) -> int:
     return 0
 
 
+def cmd_dataset_gather_photos(args) -> int:
+    from ..datasets.training_photos import gather
+
+    counts = gather(args.output, args.packages, args.min_side, max_short_side=args.max_short_side or None)
+    for source, n in counts.items():
+        print(f"{source:32s} {n:5d}")
+    print(f"{'total':32s} {sum(counts.values()):5d} photos in {args.output} (licences in {args.output}/licences)")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from ..datasets.synth import generate
 
@@ -69,6 +79,17 @@ def register(sub, groups) -> None:
     p.add_argument("datasets", nargs="+")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--image-mode", choices=["copy", "hardlink"], default="copy")
+
+    from ..datasets.training_photos import DEBIAN_PACKAGES
+
+    p = add_command(ds, "gather-photos", "real, licence-clean training photos from Debian packages (wallpapers, "
+                    "OpenCV samples) and scikit-image, with their licence files (needs apt-get and dpkg-deb)",
+                    "localfeat dataset gather-photos -o data/train_photos", cmd_dataset_gather_photos)
+    p.add_argument("-o", "--output", required=True, help="output folder (must not exist)")
+    p.add_argument("--min-side", type=int, default=240, help="minimum shorter side in pixels (default 240)")
+    p.add_argument("--max-short-side", type=int, default=720,
+                   help="store larger photos downscaled to this shorter side (default 720; 0 = keep)")
+    p.add_argument("--packages", nargs="*", default=list(DEBIAN_PACKAGES), help="Debian packages to read")
 
     hp = sub.add_parser("hpatches", help="HPatches-format data: synthetic sequences, download")
     hp_sub = hp.add_subparsers(dest="hpatches_command", metavar="ACTION")

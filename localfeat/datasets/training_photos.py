@@ -93,6 +93,9 @@ def gather(out_dir: str | os.PathLike, packages: Iterable[str] = DEBIAN_PACKAGES
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists: remove it or choose another output folder")
+    for name, folder in (extra or {}).items():
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"photo source {name!r}: {folder} is not a folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial-", dir=out_dir.parent))
     counts: dict[str, int] = {}
@@ -120,13 +123,14 @@ def gather(out_dir: str | os.PathLike, packages: Iterable[str] = DEBIAN_PACKAGES
                         continue
                     seen.add(digest)
                     suffix = path.suffix.lower()
+                    height, width = image.shape[:2]
                     if max_short_side and min(image.shape[:2]) > max_short_side:
                         image = downscale(image, max_short_side)
                         data, suffix = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), ".jpg"
                     dest = staging / source / f"{digest[:16]}{suffix}"
                     dest.parent.mkdir(exist_ok=True)
                     dest.write_bytes(data)
-                    rows.append([source, str(path.relative_to(root)), digest, image.shape[1], image.shape[0]])
+                    rows.append([source, str(path.relative_to(root)), digest, width, height])
                     counts[source] = counts.get(source, 0) + 1
         with open(staging / "manifest.csv", "w", newline="") as f:
             csv.writer(f).writerows([["source", "path", "sha1", "width", "height"], *rows])

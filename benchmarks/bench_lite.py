@@ -1,0 +1,108 @@
+"""lite against XFeat, ALIKE-t, ALIKED-n16 and SIFT, all measured in the same run.
+
+HPatches real sequences of ../shared/data/hpatches_subset (D2-Net protocol: mutual NN, MMA in
+original-image pixels, homography accuracy at 3 px by the ALIKE protocol), images at a longer side of 640,
+2,048 keypoints; CPU seconds per image with `--threads` torch threads (median of the 12 images, after a
+warm-up); relative-pose AUC on the ScanNet sample (15 pairs, extraction at 640, RANSAC 2 px at full
+resolution). Needs ../shared/data (or LOCALFEAT_SHARED_DATA).
+
+    python benchmarks/bench_lite.py                  # the table of docs/lite.md
+    python benchmarks/bench_lite.py --weights runs/lite/weights.pt --skip-pose
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LOCALFEAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+os.environ.setdefault("LOCALFEAT_WEIGHTS", os.pathsep.join(str(p) for p in sorted(DATA.glob("weights_*"))))
+
+from localfeat.eval.hpatches import EvalSettings, ExtractorSource, evaluate_hpatches  # noqa: E402
+from localfeat.eval.pose import evaluate_pose  # noqa: E402
+from localfeat.io.images import read_image  # noqa: E402
+from localfeat.config import parse_model_spec  # noqa: E402
+from localfeat.registry import load_extractor  # noqa: E402
+
+MODELS = ("lite", "xfeat", "alike:variant=alike-t", "aliked:variant=aliked-n16", "sift")
+
+
+def seconds_per_image(spec: str, images: list[Path], resize_max: int, keypoints: int) -> float:
+    name, conf = parse_model_spec(spec)
+    ex = load_extractor(name, **{**conf, "resize_max": resize_max, "max_keypoints": keypoints, "device": "cpu"})
+    arrays = [read_image(p, ex.input_mode) for p in images]
+    ex.extract(arrays[0])  # warm-up
+    times = []
+    for a in arrays:
+        t = time.perf_counter()
+        ex.extract(a)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--weights", default=None, help="lite weights file (default: the packaged weights)")
+    p.add_argument("--resize-max", type=int, default=640)
+    p.add_argument("--keypoints", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--root", default=str(DATA / "hpatches_subset"), help="HPatches-format folder")
+    p.add_argument("--skip-pose", action="store_true")
+    p.add_argument("--output", default=None, help="keep the runs here (default: a temporary folder)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.output or tempfile.mkdtemp(prefix="localfeat_bench_lite_"))
+    specs = [s + (f",weights={args.weights}" if s == "lite" and args.weights else "")
+             if ":" in s else (s + (f":weights={args.weights}" if s == "lite" and args.weights else ""))
+             for s in args.models]
+    sources = [ExtractorSource(s, max_size=args.resize_max, conf={"max_keypoints": args.keypoints}) for s in specs]
+    res = evaluate_hpatches(args.root, sources, out / "hpatches", EvalSettings(top_k=args.keypoints), exclude=(),
+                            plot=True)
+    images = sorted(Path(args.root).glob("*/*.ppm"))
+    rows = []
+    for spec, label in zip(specs, [s.label for s in sources]):
+        m = res["methods"][label]
+        mma = m["mma_overall"]
+        hom = m["homography_accuracy"]["3"]
+        sec = seconds_per_image(spec, images, args.resize_max, args.keypoints)
+        pose = None
+        if not args.skip_pose:
+            name, conf = parse_model_spec(spec)
+            scannet = DATA / "scannet_sample_superglue"
+            pose = evaluate_pose(scannet / "scannet_sample_pairs_with_gt.txt", scannet / "images", model=name,
+                                 conf={**conf, "resize_max": 640, "max_keypoints": args.keypoints},
+                                 ransac_thresh=2.0, output=out / "pose")
+        rows.append((spec, mma, hom, m.get("n_matches"), sec, pose))
+    print(f"\n{len(images)} images of {args.root} at a longer side of {args.resize_max}, {args.keypoints} keypoints, "
+          f"mutual NN; {torch.get_num_threads()} threads; CPU: {cpu_name()}\n")
+    print("| model | MMA@1 | MMA@3 | MMA@5 | hom. acc.@3 | pose AUC@5/10/20 (ScanNet) | s/image | vs XFeat |")
+    print("|---|---|---|---|---|---|---|---|")
+    xfeat_sec = next((r[4] for r in rows if r[0].startswith("xfeat")), float("nan"))
+    for spec, mma, hom, _, sec, pose in rows:
+        pose_txt = "-" if pose is None else "/".join(f"{100 * pose[k]:.1f}" for k in ("auc@5", "auc@10", "auc@20"))
+        print(f"| {spec} | {mma[0]:.3f} | {mma[2]:.3f} | {mma[4]:.3f} | {hom:.3f} | {pose_txt} | {sec:.3f} | "
+              f"{sec / xfeat_sec:.2f}x |")
+    print(f"\nruns kept in {out}")
+    return 0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
