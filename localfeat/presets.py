@@ -81,6 +81,8 @@ EXTRACT: Mapping[str, ExtractPreset] = _frozen([
     ExtractPreset("aliked-n16rot", "aliked", MappingProxyType({"variant": "aliked-n16rot", "max_keypoints": 2048,
                                                                 "resize_max": 1024}), "nn-mutual",
                   "ALIKED-n16rot (rotation-robust), at most 2048 keypoints"),
+    ExtractPreset("lite", "lite", MappingProxyType({"max_keypoints": 2048, "resize_max": 1024}), "nn-mutual",
+                  "localfeat's own model (shipped in the package, no download), 2048 keypoints"),
     ExtractPreset("xfeat", "xfeat", MappingProxyType({"max_keypoints": 4096, "resize_max": 1024}),
                   "xfeat+lighterglue", "XFeat sparse, 4096 keypoints"),
     ExtractPreset("r2d2", "r2d2", MappingProxyType({"variant": "r2d2_WASF_N16", "max_keypoints": 5000,

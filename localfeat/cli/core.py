@@ -201,7 +201,8 @@ def register(sub, groups) -> None:
                     "localfeat extract photos/ -o features.h5 --model sift --conf max_keypoints=4096", cmd_extract)
     p.add_argument("images", help="a folder (recursive), a glob in quotes, or a text file listing images")
     p.add_argument("-o", "--output", required=True, help="features.h5 to write (resumed if it exists)")
-    add_model_args(p)
+    # lite: localfeat's own learned model, shipped in the package (no weights lookup or download).
+    add_model_args(p, default_model="lite")
     p.add_argument("--root", default=None, help="image root: names are paths relative to it (default: the "
                    "folder; for a list file, its folder if it holds every image, else their deepest common folder)")
     p.add_argument("--layout", choices=["localfeat", "hloc"], default=None,
