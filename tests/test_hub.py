@@ -69,3 +69,50 @@ def test_non_commercial_notice_once(dirs, caplog):
         find_weights(spec)
         find_weights(spec)
     assert sum("NON-COMMERCIAL" in r.message for r in caplog.records) == 1
+
+
+def test_local_file_is_checked_against_the_pinned_hash(dirs):
+    a, _, _ = dirs
+    payload = b"official bytes" * 100
+    spec = WeightSpec("pinned.pth", sha256=hashlib.sha256(payload).hexdigest())
+    (a / "pinned.pth").write_bytes(payload)
+    assert find_weights(spec) == a / "pinned.pth"
+    (a / "pinned.pth").write_bytes(payload[:-1])  # truncated
+    actual = hashlib.sha256(payload[:-1]).hexdigest()
+    with pytest.raises(hub.WeightsHashError) as info:
+        find_weights(spec)
+    text = str(info.value)
+    assert str(a / "pinned.pth") in text and f"expected {spec.sha256}" in text and f"sha256 {actual}" in text
+    # weights=PATH is the user's own file: no hash.
+    assert find_weights(spec, override=a / "pinned.pth") == a / "pinned.pth"
+
+
+def test_unpinned_file_is_used_with_a_warning_once(dirs, caplog):
+    a, _, _ = dirs
+    (a / "free.pth").write_bytes(b"1")
+    spec = WeightSpec("free.pth")
+    with caplog.at_level("WARNING"):
+        find_weights(spec)
+        find_weights(spec)
+    warnings = [r.message for r in caplog.records if "free.pth" in r.message]
+    assert len(warnings) == 1 and "no sha256 is pinned" in warnings[0] and "UNVERIFIED" in warnings[0]
+
+
+def test_models_listing_shows_licence_and_pinned_hash(capsys):
+    from localfeat.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    blocks, name = {}, None
+    for line in out.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            name = line.strip()
+            blocks[name] = ""
+        elif name is not None:
+            blocks[name] += line + "\n"
+    assert "depth-save.pth (licence Apache-2.0; sha256 pinned)" in blocks["disk"]
+    assert "superpoint_v1.pth (licence Magic Leap SuperPoint licence" in blocks["superpoint"]
+    assert "non-commercial; sha256 pinned)" in blocks["superpoint"]
+    assert "d2_tf.pth (licence Clear BSD; sha256 NOT pinned)" in blocks["d2net"]
+    assert "xfeat-lighterglue.pt (licence Apache-2.0; sha256 pinned)" in blocks["lighterglue"]
+    assert "superpoint_lightglue.pth (licence Apache-2.0; sha256 pinned)" in blocks["lightglue"]
