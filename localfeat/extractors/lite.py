@@ -166,9 +166,11 @@ class Lite(Extractor):
         kpts, scores = detect_keypoints(scores_map, r, (r + 1, r + 1), c["max_keypoints"],
                                         float(c["detection_threshold"]), None, sub_pixel=True)
         kpts, scores = kpts[0], scores[0]
-        if c["max_keypoints"] is not None and c["detection_threshold"] > 0:
+        if c["detection_threshold"] > 0:  # also after the sub-pixel refinement moved the score
             keep = scores > c["detection_threshold"]
             kpts, scores = kpts[keep], scores[keep]
+        order = torch.argsort(scores, descending=True, stable=True)  # best first
+        kpts, scores = kpts[order], scores[order]
         xy = (kpts + 1) / 2 * kpts.new_tensor([w - 1, h - 1])      # pixels, pixel-centre origin
         desc = sample_descriptors(desc_map, xy[None], DESCRIPTOR_STRIDE)[0]
         return Features(xy.cpu().numpy(), scores.float().cpu().numpy(), desc.float().cpu().numpy(), (w, h))
