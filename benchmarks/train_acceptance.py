@@ -27,12 +27,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from localfeat.train.adapters import get_adapter
-    from localfeat.train.trainer import _seed_all, evaluate_mma, resolve_config
+    from localfeat.train.helpers import seed_all
+    from localfeat.train.trainer import evaluate_mma, resolve_config
 
     conf = resolve_config(yaml.safe_load((args.run_dir / "config.yaml").read_text()))
     adapter = get_adapter(conf["model"]["name"])
     top_k = args.top_k or conf["validation"]["top_k"]
-    _seed_all(int(conf["seed"]))
+    seed_all(int(conf["seed"]))
     random_net = adapter.build(conf["model"])
     trained = adapter.build(conf["model"])
     ck = torch.load(args.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)

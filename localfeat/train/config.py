@@ -1,0 +1,149 @@
+"""Training configs: the defaults, presets (localfeat/train/presets/*.yaml), YAML files, dotted
+overrides, and the strict nested merge that turns them into one resolved config."""
+from __future__ import annotations
+
+import copy
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ..config import ConfigError, parse_conf_items
+from .adapters import get_adapter
+from .losses import build_loss
+
+DEFAULT_CONFIG = {
+    "model": "r2d2",
+    "freeze": [],
+    "seed": 0,
+    "steps": 1000,
+    "batch_size": 4,
+    "data": {
+        "source": "homography",
+        "images": None,
+        "scenes": None,
+        "occlusion_tolerance": 0.05,
+        "crop_size": 192,
+        "base_size": 384,
+        "scale_range": [0.6, 1.2],
+        "rotation_deg": 30.0,
+        "zoom": 0.4,
+        "perspective": 0.3,
+        "shear": 0.1,
+        "photometric": 0.7,
+        "pool": None,
+        "num_workers": 2,
+    },
+    "losses": {"reliability": 1.0, "repeatability": 1.0},
+    "optimizer": {"name": "adam", "lr": 1e-4, "weight_decay": 5e-4},
+    "scheduler": {"name": "constant", "warmup_steps": 0, "min_lr": 0.0},
+    "checkpoint_every": 100,
+    "log_every": 10,
+    "validation": {"every": 0, "root": None, "synth_sequences": 6, "synth_size": 320, "synth_seed": 1,
+                   "top_k": 1000, "nms": 3, "resize_max": None},
+    "time_limit_minutes": None,
+    "device": None,
+    "amp": True,
+    "threads": None,
+    "tensorboard": True,
+}
+
+
+class TrainError(RuntimeError):
+    """A run directory that cannot be (re)started: existing run, missing checkpoint."""
+
+
+# ------------------------------------------------------------------------------------------ config
+def list_presets() -> dict[str, str]:
+    """{preset name: first comment line} of the presets shipped in localfeat/train/presets."""
+    out = {}
+    for entry in sorted(resources.files("localfeat.train").joinpath("presets").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text().splitlines()[0] if entry.read_text() else ""
+            out[entry.name[:-5]] = first.lstrip("# ").strip()
+    return out
+
+
+def read_config_source(source: str | os.PathLike) -> dict:
+    """A preset name (see `list_presets`) or a YAML file -> dict."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"--config {source}: no such file")
+        text = path.read_text()
+    else:
+        entry = resources.files("localfeat.train").joinpath("presets", f"{source}.yaml")
+        if not entry.is_file():
+            raise ConfigError(f"--config {source!r} is neither a YAML file nor a preset; "
+                              f"presets: {sorted(list_presets())}")
+        text = entry.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def merge_strict(defaults: dict, conf: dict, where: str) -> dict:
+    """Nested strict merge: unknown keys are errors; 'losses' and 'model' are free-form (checked later)."""
+    unknown = sorted(set(conf) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(defaults)}")
+    out = copy.deepcopy(defaults)
+    for key, value in conf.items():
+        if isinstance(defaults.get(key), dict) and key not in ("losses",):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key} must be a mapping, got {value!r}")
+            out[key] = merge_strict(defaults[key], value, f"{where}.{key}")
+        elif key == "losses":
+            out[key] = copy.deepcopy(value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(conf: dict, overrides: dict) -> dict:
+    """Set dotted keys ('data.crop_size': 64, 'model.mchan': 2, 'losses': {...}) in a nested config."""
+    conf = copy.deepcopy(conf)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = conf
+        for p in parts[:-1]:
+            if p == "model" and isinstance(node.get("model"), str):
+                node["model"] = {"name": node["model"]}
+            if p not in node or not isinstance(node[p], dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return conf
+
+
+def resolve_config(source: str | os.PathLike | dict, overrides: Optional[dict] = None) -> dict:
+    """The full strict config: defaults <- preset/file/dict <- overrides; model and losses validated."""
+    raw = dict(source) if isinstance(source, dict) else read_config_source(source)
+    raw = apply_overrides(raw, overrides or {})
+    conf = merge_strict(DEFAULT_CONFIG, raw, "config")
+    model = conf["model"]
+    if isinstance(model, str):
+        model = {"name": model}
+    if not isinstance(model, dict) or "name" not in model:
+        raise ConfigError(f"config.model must be NAME or {{name: NAME, ...}}, got {conf['model']!r}")
+    adapter = get_adapter(model["name"])
+    conf["model"] = {"name": model["name"], **adapter.resolve(model)}
+    build_loss(conf["losses"])  # validates names and keys
+    for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        v = conf[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"config.{key} must be a positive integer, got {v!r}")
+    if conf["data"]["source"] not in ("homography", "colmap_scenes"):
+        raise ConfigError(f"config.data.source {conf['data']['source']!r} is not 'homography' (data.images: a folder "
+                          "of photos) or 'colmap_scenes' (data.scenes: a dataset of `localfeat dataset from-colmap`)")
+    if conf["data"]["source"] == "colmap_scenes" and not conf["data"]["scenes"]:
+        raise ConfigError("config.data.source is 'colmap_scenes': set data.scenes to the dataset folder")
+    return conf
+
+
+def parse_overrides(items) -> dict:
+    """['a.b=1', 'losses={ap: 1}'] -> {'a.b': 1, 'losses': {'ap': 1}} (values parsed as YAML)."""
+    return parse_conf_items(items)
