@@ -83,3 +83,23 @@ def test_hardest_triplet_loss_on_identical_maps():
     # loss = mean relu(1 - d_neg): below 1, and 0 only if every hardest negative is >= 1 away
     assert 0.0 <= out["total"].item() < 1.0
     assert out["neg_dist"].item() > 0.3
+
+
+def test_reliability_loss_starts_at_start_step():
+    desc, batch = _pair()
+    rel = torch.full((1, 1, 32, 32), 0.5, requires_grad=True)
+    d = desc.clone().requires_grad_(True)
+    loss = ReliabilityLoss(border=4, start_step=3)
+    outs = {"descriptors": d, "reliability": rel}
+    before = loss(outs, outs, batch, step=2)
+    # Before start_step: no loss, no gradient, but AP and R are still logged (AP = 1 on identical maps).
+    assert before["total"].item() == 0.0
+    assert before["ap"].item() == pytest.approx(1.0, abs=1e-6) and before["reliability"].item() == pytest.approx(0.5)
+    before["total"].backward()
+    assert torch.count_nonzero(rel.grad) == 0 and torch.count_nonzero(d.grad) == 0
+    # From start_step on: R2D2's loss, 1 - (AP R + kappa (1 - R)) = 1 - (0.5 + 0.5 * 0.5) with AP = 1.
+    at = loss(outs, outs, batch, step=3)
+    assert at["total"].item() == pytest.approx(0.25, abs=1e-6)
+    at["total"].backward()
+    # d loss / d R at every query = (kappa - AP) / n_queries averaged over both views: negative.
+    assert rel.grad.sum().item() == pytest.approx(-0.5, abs=1e-5)

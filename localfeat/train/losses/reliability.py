@@ -5,6 +5,10 @@
   in image 1), with a base kappa (default 0.5):
       loss = 1 - mean_i( AP_i * R_i + kappa * (1 - R_i) ).
   A pixel whose AP is below kappa lowers its loss by predicting R -> 0, above kappa by R -> 1.
+  start_step (default 0): before this training step the term is 0 (no gradient; ap and R are still
+  logged). From scratch every pixel's AP starts below kappa, so R collapses to ~0 everywhere within a
+  few tens of Adam steps and stays there (its gradient is scaled by R (1 - R)); starting the term once
+  a plain `ap` loss has made the descriptors discriminative lets R learn where AP exceeds kappa.
 - `hardest_triplet` (HardNet-style): for each query descriptor a, its positive p (the descriptor at
   the target) and the hardest negative n among the negatives of the sampler (ring + distractors),
   with L2 distances d: loss = mean_i relu(margin + d(a, p) - min_n d(a, n)), margin 1.
@@ -27,18 +31,21 @@ class ReliabilityLoss(Loss):
     """R2D2's AP loss with the reliability-weighted base. Terms: total, ap, reliability."""
 
     name = "reliability"
-    default_conf = {**AP_DEFAULTS, "kappa": 0.5}
+    default_conf = {**AP_DEFAULTS, "kappa": 0.5, "start_step": 0}
     requires = ("descriptors", "reliability")
 
     def forward(self, out0, out1, batch, step=0):
         self.check(out0)
         ap, s = pixel_ap(out0, out1, batch, self.conf)
+        zero = out0["descriptors"].sum() * 0 + out0["reliability"].sum() * 0
         if len(ap) == 0:
-            zero = out0["descriptors"].sum() * 0 + out0["reliability"].sum() * 0
             return {"total": zero + 1, "ap": zero.detach(), "reliability": zero.detach()}
         rel = (out0["reliability"][s.b, 0, s.qy, s.qx] + out1["reliability"][s.b, 0, s.ty, s.tx]) / 2
+        terms = {"ap": ap.mean().detach(), "reliability": rel.mean().detach()}
+        if step < int(self.conf["start_step"]):
+            return {"total": zero, **terms}
         loss = masked_mean(reliability_weighted(ap, rel, float(self.conf["kappa"])))
-        return {"total": loss, "ap": ap.mean().detach(), "reliability": rel.mean().detach()}
+        return {"total": loss, **terms}
 
 
 def hardest_triplet(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
