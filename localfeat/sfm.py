@@ -56,6 +56,8 @@ def resolve_pairs(spec: PairsSpec, names: Sequence[str]) -> list[tuple[str, str]
     """Pairs from a spec: 'exhaustive', ('sequential', K) / 'sequential K', a pairs file path, or a list of pairs."""
     if isinstance(spec, (list, tuple)) and spec and isinstance(spec[0], (list, tuple)):
         return [(str(a), str(b)) for a, b in spec]
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
     parts = spec.split() if isinstance(spec, str) else [str(s) for s in spec]
     if not parts:
         raise ValueError("pairs: empty specification; use 'exhaustive', 'sequential K' or a pairs file")
@@ -65,9 +67,14 @@ def resolve_pairs(spec: PairsSpec, names: Sequence[str]) -> list[tuple[str, str]
         if len(parts) != 2 or not parts[1].isdigit():
             raise ValueError(f"pairs: 'sequential' needs a window K, e.g. 'sequential 5'; got {' '.join(parts)!r}")
         return sequential_pairs(names, int(parts[1]))
-    path = Path(" ".join(parts))
+    path = Path(spec if isinstance(spec, str) else " ".join(parts))  # a file name may hold spaces
     if not path.is_file():
         raise FileNotFoundError(f"pairs: {path} is neither 'exhaustive', 'sequential K' nor an existing pairs file")
+    return _read_known_pairs(path, names)
+
+
+def _read_known_pairs(path: Path, names: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs of a pairs file, every name among `names`."""
     pairs = read_pairs(path)
     known = set(names)
     unknown = sorted({n for p in pairs for n in p} - known)

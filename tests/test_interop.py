@@ -587,3 +587,14 @@ def test_docs_link_only_files_of_the_repository_and_cite_no_internal_issues():
             if "://" in target or target.startswith("mailto:"):
                 continue
             assert (page.parent / target).exists(), f"{page.name} links {target}, which is not in the repository"
+
+
+def test_sfm_pairs_file_names_may_hold_spaces(tmp_path):
+    from localfeat.sfm import resolve_pairs
+
+    names = ["été/façade 1.jpg", "été/日本 2.jpg", "c.jpg"]
+    path = tmp_path / "my  pairs.txt"  # two spaces: was read as 'my pairs.txt' (not found)
+    write_pairs(path, [(names[0], names[1]), (names[1], names[2])])
+    assert resolve_pairs(str(path), names) == [(names[0], names[1]), (names[1], names[2])]
+    assert resolve_pairs(path, names) == [(names[0], names[1]), (names[1], names[2])]  # was a TypeError
+    assert resolve_pairs("exhaustive", names)[0] == (names[0], names[1])
