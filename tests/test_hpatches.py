@@ -12,6 +12,7 @@ from localfeat.datasets.synth import generate
 from localfeat.eval import hpatches as runner
 from localfeat.eval import metrics
 from localfeat.eval.published import load_published
+from localfeat.geometry import corner_error
 from localfeat.io.npz import read_npz
 
 SEQS = ("v_churchill", "v_dogman")
@@ -52,9 +53,19 @@ def test_mutual_nn_reproduces_reference_matches_exactly():
                                    ref[f"{seq}_{k}_dist"], rtol=0, atol=1e-9)
 
 
+# Homographies estimated by OpenCV differ between CPUs: RANSAC keeps the same inliers (the counts below
+# are exact), but its Levenberg-Marquardt refinement stops after a relative step of about FLT_EPSILON and
+# its float64 kernels round differently with AVX-512 / AVX2 / FMA. At the image corners the estimates
+# then differ by up to ~1e-4 px (4.7e-6 px Intel vs AMD in the report; 1.1e-4 px measured here with
+# OPENCV_CPU_DISABLE=AVX512-SKX,AVX2,FMA3). 1e-3 px stays 1000x below the 1-px accuracy threshold, so a
+# real error (a half-pixel convention slip, another inlier set) still fails.
+CORNER_TOL_PX = 1e-3
+
+
 def test_subset_per_pair_counts_equal_the_reference(subset_result, expected):
     result, _ = subset_result
     pairs = result["methods"]["r2d2"]["pairs"]
+    data = HPatchesSequences(shared("hpatches_subset"))
     for ref in expected["pairs"]:
         ours = pairs[f"{ref['seq']}/{ref['k']}"]
         assert ours["n_feats_a"] == ref["n_feats_a"] and ours["n_feats_b"] == ref["n_feats_b"]
@@ -62,8 +73,10 @@ def test_subset_per_pair_counts_equal_the_reference(subset_result, expected):
         assert ours["n_correct"] == [ref["n_correct"][str(t)] for t in range(1, 16)]
         hom = ref["homography"]
         assert ours["n_inliers"] == hom["n_inliers"]
-        assert ours["corner_error"] == pytest.approx(hom["mean_corner_error"], abs=1e-6)
-        np.testing.assert_allclose(ours["H_est"], hom["H_est"], rtol=1e-9, atol=1e-12)
+        assert ours["corner_error"] == pytest.approx(hom["mean_corner_error"], abs=CORNER_TOL_PX)
+        # the two estimates map the corners of image 1 to the same places
+        size = data.image_size(ref["seq"], 1)
+        assert corner_error(np.array(hom["H_est"]), np.array(ours["H_est"]), size) < CORNER_TOL_PX
 
 
 def test_subset_aggregates_equal_the_reference(subset_result, expected):
@@ -77,7 +90,8 @@ def test_subset_aggregates_equal_the_reference(subset_result, expected):
     assert m["n_features"] == expected["aggregate"]["n_feats"]["mean"]  # 5000
     mha = expected["homography_alike"]["mha_subset_normalised"]["overall"]
     assert m["homography_accuracy"] == {t: pytest.approx(v) for t, v in mha.items()}  # 0.1 0.2 0.4 0.7 0.7
-    assert m["mean_corner_error"] == pytest.approx(expected["homography_alike"]["mean_corner_error_mean_over_pairs"])
+    assert m["mean_corner_error"] == pytest.approx(expected["homography_alike"]["mean_corner_error_mean_over_pairs"],
+                                                   abs=CORNER_TOL_PX)
     assert m["dataset"]["sequences"] == {"i": 0, "v": 2}
 
 
