@@ -211,3 +211,24 @@ def test_every_trainable_model_is_known_without_extra_imports():
             "if get_adapter(n).name == n))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['alike', 'd2net', 'disk', 'multilevel_attention', 'r2d2']"
+
+
+def test_stop_at_step_keeps_the_schedule_and_resumes_to_the_uninterrupted_curve(tmp_path):
+    conf = {**TINY, "steps": 4, "checkpoint_every": 4, "scheduler.name": "cosine", "optimizer.lr": 0.001}
+    train("smoke", tmp_path / "full", conf)
+    run = train("smoke", tmp_path / "stopped", {**conf, "stop_at_step": 2})
+    rows = _rows(run / "metrics.csv")
+    assert [r["step"] for r in rows] == ["0", "1"] and (run / "weights.pt").exists()
+    full = _rows(tmp_path / "full" / "metrics.csv")
+    assert [r["lr"] for r in rows] == [r["lr"] for r in full[:2]]           # the schedule runs over `steps`
+    assert float(full[1]["lr"]) < 0.001 and "np." not in full[1]["lr"]     # plain floats in the CSV
+    import yaml
+    path = run / "config.yaml"
+    c = yaml.safe_load(path.read_text())
+    c["stop_at_step"] = None
+    path.write_text(yaml.safe_dump(c))
+    resume(run)
+    assert [(r["step"], r["total"], r["lr"]) for r in _rows(run / "metrics.csv")] == \
+        [(r["step"], r["total"], r["lr"]) for r in full]
+    with pytest.raises(ConfigError, match="stop_at_step"):
+        resolve_config("smoke", {"stop_at_step": 0})

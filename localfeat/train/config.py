@@ -44,6 +44,7 @@ DEFAULT_CONFIG = {
     "validation": {"every": 0, "root": None, "synth_sequences": 6, "synth_size": 320, "synth_seed": 1,
                    "top_k": 1000, "nms": 3, "resize_max": None},
     "time_limit_minutes": None,
+    "stop_at_step": None,
     "device": None,
     "amp": True,
     "threads": None,
@@ -136,6 +137,11 @@ def resolve_config(source: str | os.PathLike | dict, overrides: Optional[dict] =
         v = conf[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"config.{key} must be a positive integer, got {v!r}")
+    for key, where in (("stop_at_step", conf), ("pool", conf["data"])):
+        v = where[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"config.{'data.' if key == 'pool' else ''}{key} must be None or a positive "
+                              f"integer, got {v!r}")
     if conf["data"]["source"] not in ("homography", "colmap_scenes"):
         raise ConfigError(f"config.data.source {conf['data']['source']!r} is not 'homography' (data.images: a folder "
                           "of photos) or 'colmap_scenes' (data.scenes: a dataset of `localfeat dataset from-colmap`)")

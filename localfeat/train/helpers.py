@@ -46,7 +46,7 @@ def lr_factor(conf: dict, step: int) -> float:
     if s["name"] == "cosine":
         base, lo = conf["optimizer"]["lr"], s.get("min_lr", 0.0)
         t = min(1.0, (step - warm) / max(1, conf["steps"] - warm))
-        return (lo + (base - lo) * 0.5 * (1 + np.cos(np.pi * t))) / base
+        return float((lo + (base - lo) * 0.5 * (1 + np.cos(np.pi * t))) / base)
     if s["name"] == "linear":
         return max(0.0, 1 - (step - warm) / max(1, conf["steps"] - warm))
     raise ConfigError(f"config.scheduler.name {s['name']!r} is not one of constant, cosine, linear")

@@ -15,7 +15,9 @@ RUN_DIR holds:
   curve.png             the loss (and validation) curve.
 `time_limit_minutes` (None = no limit) stops a run cleanly (validation, checkpoint, curve) once the
 time is spent; `steps` is then an upper bound (the time a step takes is not reproducible, so a
-time-limited run is only resumable, not repeatable to the step).
+time-limited run is only resumable, not repeatable to the step). `stop_at_step` (None = none) stops
+the same way at a given step without changing the schedule (which runs over `steps`): the way to
+repeat, on another machine, a run that its time limit stopped at that step.
 Resume is exact: the data stream is a pure function of (seed, sample index), so the loader restarts
 at sample step x batch_size, and every random state is restored; the loss curve after a resume is
 the one of an uninterrupted run (on the same device and thread count).
@@ -197,14 +199,15 @@ class Trainer:
                 # Validation first: a run killed between the two redoes both from the previous checkpoint.
                 if c["validation"]["every"] and (self.step % c["validation"]["every"] == 0 or self.step == total):
                     self.validate()
-                out_of_time = limit is not None and time.perf_counter() - t_start > limit
+                out_of_time = (limit is not None and time.perf_counter() - t_start > limit) or (
+                    c["stop_at_step"] is not None and self.step >= int(c["stop_at_step"]))
                 if out_of_time and not (c["validation"]["every"] and self.step % c["validation"]["every"] == 0):
                     self.validate()
                 if self.step % c["checkpoint_every"] == 0 or self.step == total or out_of_time:
                     self.save_checkpoint()
                 if out_of_time:
-                    logger.info("time limit of %s min reached at step %d: stopping (resume to continue)",
-                                c["time_limit_minutes"], self.step)
+                    logger.info("time limit of %s min or stop_at_step %s reached at step %d: stopping "
+                                "(resume to continue)", c["time_limit_minutes"], c["stop_at_step"], self.step)
                     break
         finally:
             bar.close()
