@@ -157,9 +157,10 @@ class _H5Store:
         self._last_flush = time.monotonic()
         self._journal_index: dict[str, Path] = {}
         self._main_keys: set[str] = set()
-        self._scan()
-        self.layout = self._check_layout(layout)
-        self._check_kind()
+        with self._damage_is_store_error("cannot be opened"):
+            self._scan()
+            self.layout = self._check_layout(layout)
+            self._check_kind()
 
     # ------------------------------------------------------------------ reading
     def _entry_keys(self, f: h5py.File) -> list[str]:
@@ -200,6 +201,19 @@ class _H5Store:
                     self._main_keys = set(self._entry_keys(f))
             except (OSError, RuntimeError, KeyError) as exc:
                 raise StoreError(f"{self.path}: cannot list the entries ({exc}); the file is damaged") from exc
+
+    @contextlib.contextmanager
+    def _damage_is_store_error(self, what: str):
+        """Damaged HDF5 metadata surfaces as many exception types (OSError, RuntimeError, KeyError,
+        UnicodeDecodeError, ...): turn them into one `StoreError` naming the file."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except FileNotFoundError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"{self.path} {what}: the file is damaged ({type(exc).__name__}: {exc})") from exc
 
     def _open_sources(self) -> Iterator[h5py.File]:
         """The main file, then each journal chunk, opened for reading (chunks merged meanwhile are skipped)."""
@@ -293,25 +307,26 @@ class _H5Store:
             arrays = {}
             for name in names:
                 where = f"{source}: entry {key!r}, dataset {name!r}"
-                try:
+                try:  # dangling or broken links, damaged headers
                     dset = group[name]
-                except (KeyError, OSError, RuntimeError, ValueError) as exc:  # dangling or broken links
+                    if not isinstance(dset, h5py.Dataset):
+                        continue
+                    dtype, shape, compression, fletcher32 = dset.dtype, dset.shape, dset.compression, dset.fletcher32
+                except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
                     raise StoreError(f"{where} cannot be opened ({exc})") from exc
-                if not isinstance(dset, h5py.Dataset):
-                    continue
-                if dset.dtype.kind not in "biuf":
-                    raise StoreError(f"{where} has dtype {dset.dtype}, expected numbers")
-                nbytes = int(np.prod(dset.shape, dtype=np.float64)) * dset.dtype.itemsize
+                if dtype.kind not in "biuf":
+                    raise StoreError(f"{where} has dtype {dtype}, expected numbers")
+                nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
                 # Uncompressed data cannot be larger than the file that holds it; compressed data
                 # expands at most ~1000x (deflate's limit). Check before reading, not after allocating.
-                limit = file_size if dset.compression is None else 1100 * max(file_size, 1 << 20)
+                limit = file_size if compression is None else 1100 * max(file_size, 1 << 20)
                 if nbytes > limit:
-                    raise StoreError(f"{where} declares shape {dset.shape} ({nbytes / 2**20:.1f} MiB) but the "
+                    raise StoreError(f"{where} declares shape {shape} ({nbytes / 2**20:.1f} MiB) but the "
                                      f"file holds {file_size / 2**20:.1f} MiB: the file is damaged or forged")
                 try:
                     arrays[name] = dset[()]
                 except (OSError, RuntimeError, ValueError) as exc:
-                    hint = " (checksum mismatch: the data changed after it was written)" if dset.fletcher32 else ""
+                    hint = " (checksum mismatch: the data changed after it was written)" if fletcher32 else ""
                     raise StoreError(f"{where} cannot be read{hint}: {exc}; re-create the entry "
                                      "(rerun with --overwrite, or delete the file)") from exc
             attrs["__file_attrs__"] = file_attrs
@@ -461,7 +476,8 @@ class FeatureStore(_H5Store):
         self.model, self.conf, self.conf_hash = model, conf, conf_hash
         super().__init__(path, mode, **kwargs)
         if mode == "a" and conf_hash is not None and self._main_keys | set(self._journal_index):
-            existing = self.stored_identity()
+            with self._damage_is_store_error("cannot be opened"):
+                existing = self.stored_identity()
             if existing is not None and existing != (model, conf_hash):
                 raise StoreError(
                     f"{self.path} holds features of {existing[0]} (config hash {existing[1]}), not "
@@ -620,11 +636,12 @@ class MatchStore(_H5Store):
                 attrs = self._buffer[key][1]
                 out.append((attrs["name0"], attrs["name1"]))
                 continue
-            try:
-                names = self._pair_names(self._journal_index.get(key, self.path), key)
-            except FileNotFoundError:  # the chunk was merged by another writer meanwhile
-                self._scan()
-                names = self._pair_names(self._journal_index.get(key, self.path), key)
+            with self._damage_is_store_error(f"entry {key!r} cannot be read"):
+                try:
+                    names = self._pair_names(self._journal_index.get(key, self.path), key)
+                except FileNotFoundError:  # the chunk was merged by another writer meanwhile
+                    self._scan()
+                    names = self._pair_names(self._journal_index.get(key, self.path), key)
             out.append(names)
         return out
 

@@ -56,7 +56,12 @@ def max_image_pixels() -> Optional[int]:
 
 def image_size_from_header(data: bytes) -> Optional[tuple[int, int]]:
     """(W, H) declared by the header of an encoded PNG, JPEG, PNM, TIFF, WebP or BMP image, read
-    without decoding any pixel (Pillow's header parsers); None when the header is not recognised."""
+    without decoding any pixel (Pillow's header parsers); None when the header is not recognised.
+
+    A PNG, JPEG, PNM, WebP or BMP signature whose header cannot be parsed raises `ValueError`: the
+    decoder would then be trusted with sizes nobody checked. (Pillow does not know every TIFF pixel
+    layout that OpenCV reads, so an unparsed TIFF header gives None and is checked after decoding.)
+    """
     from PIL import Image
 
     Image.init()
@@ -75,8 +80,10 @@ def image_size_from_header(data: bytes) -> Optional[tuple[int, int]]:
                 warnings.simplefilter("ignore")
                 with factory(io.BytesIO(data), None) as image:
                     return tuple(int(v) for v in image.size)
-        except Exception:  # a damaged header: let the decoder report it
-            return None
+        except Exception as exc:  # Pillow's parsers raise SyntaxError, struct.error, OSError, ...
+            if fmt == "TIFF":
+                return None
+            raise ValueError(f"damaged {fmt} header ({type(exc).__name__}: {exc})") from None
     return None
 
 
@@ -139,7 +146,10 @@ def read_image(path: str | os.PathLike, mode: str = "rgb", max_pixels: Optional[
     if _jpeg_is_truncated(data):
         raise ImageReadError(f"{path}: truncated or corrupt JPEG (no end-of-image marker)")
     budget = max_image_pixels() if max_pixels == "env" else max_pixels
-    size = image_size_from_header(data)
+    try:
+        size = image_size_from_header(data)
+    except ValueError as exc:
+        raise ImageReadError(f"{path}: {exc}") from None
     if size is not None:
         _check_pixels(path, size, budget)
     # ANYDEPTH keeps 16-bit; ANYCOLOR keeps gray as gray. Unlike IMREAD_UNCHANGED, both apply EXIF orientation.
