@@ -172,12 +172,13 @@ def _mma3(feats: dict, data) -> float:
     return float(np.mean(acc))
 
 
-def section_extraction(models, rounds: int, rows: list) -> None:
+def section_extraction(models, rounds: int, sequences, rows: list) -> None:
     from localfeat.datasets.hpatches import HPatchesSequences
     from localfeat.io.images import read_image
     from localfeat.registry import load_extractor
 
-    data = HPatchesSequences(SHARED / "hpatches_subset", exclude=())
+    root = SHARED / "hpatches_subset"
+    data = HPatchesSequences(root, exclude=[p.name for p in root.iterdir() if sequences and p.name not in sequences])
     images = {(s, k): read_image(data.image_path(s, k)) for s in data.sequences for k in range(1, 7)}
     timed = [(s, 1) for s in data.sequences]  # speed on image 1 of each sequence
     sift = load_extractor("sift")
@@ -220,6 +221,8 @@ def main() -> int:
     parser.add_argument("--hp-rounds", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["r2d2", "aliked", "disk", "xfeat"])
     parser.add_argument("--ex-rounds", type=int, default=2)
+    parser.add_argument("--ex-sequences", nargs="+", default=None,
+                        help="hpatches_subset sequences for the extraction section (default: v_churchill, v_dogman)")
     args = parser.parse_args()
 
     info = cpu_info()
@@ -231,10 +234,11 @@ def main() -> int:
     if "hpatches" in args.sections:
         section_hpatches(args.hp_sequences, args.hp_features, args.hp_rounds, rows)
     if "extraction" in args.sections:
-        section_extraction(args.models, args.ex_rounds, rows)
+        section_extraction(args.models, args.ex_rounds, args.ex_sequences, rows)
     print(f"CPU: {info.summary()}")
     print(f"torch threads {torch.get_num_threads()}; load average {load0:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end; {time.time() - start:.0f} s; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{os.getloadavg()[0]:.1f} at the end; {time.time() - start:.0f} s; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("ratio = time / reference time, both measured in this run (interleaved, best of N); < 1 is faster\n")
     print("| section | measured | reference | ratio | detail |")
     print("|---|---|---|---:|---|")

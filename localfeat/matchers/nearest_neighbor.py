@@ -28,6 +28,16 @@ from ..hardware import cpu_info
 from ..types import Features, Matches
 from .base import Matcher
 
+NEG_INF = float("-inf")
+PRECISIONS = ("fp32", "bf16", "auto")
+_BF16_UNIT_ROUNDOFF = 2.0 ** -8   # bfloat16: 8 significant bits
+_FP32_UNIT_ROUNDOFF = 2.0 ** -24
+_EXACT_PAIRS_PER_STEP = 1 << 12   # pairs re-scored at once: 4k x D float64 temporaries
+_CHUNK = 32                       # granularity of the candidate search (rows / columns per chunk max)
+_MIN_ROWS_PER_THREAD = 256        # below this, splitting the rows between threads does not pay
+_FLUSH_PAIRS = 1 << 20            # candidates kept before an exact re-scoring (memory bound: ~40 B each)
+
+
 def _distance(similarity: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of unit vectors from their dot product: sqrt(2 - 2 s)."""
     return torch.sqrt(torch.clamp(2.0 - 2.0 * similarity, min=0.0))
@@ -44,16 +54,6 @@ def _passes(best: torch.Tensor, second: torch.Tensor, ratio: Optional[float],
     if max_distance is not None:
         keep &= d1 <= max_distance
     return keep
-
-
-NEG_INF = float("-inf")
-PRECISIONS = ("fp32", "bf16", "auto")
-_BF16_UNIT_ROUNDOFF = 2.0 ** -8   # bfloat16: 8 significant bits
-_FP32_UNIT_ROUNDOFF = 2.0 ** -24
-_EXACT_PAIRS_PER_STEP = 1 << 12   # pairs re-scored at once: 4k x D float64 temporaries
-_CHUNK = 32                       # granularity of the candidate search (rows / columns per chunk max)
-_MIN_ROWS_PER_THREAD = 256        # below this, splitting the rows between threads does not pay
-_FLUSH_PAIRS = 1 << 20            # candidates kept before an exact re-scoring (memory bound: ~40 B each)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -127,8 +127,9 @@ def exact_similarity(a64: torch.Tensor, b64: torch.Tensor, i: torch.Tensor, j: t
     out = torch.empty(len(i), dtype=torch.float64, device=a64.device)
     dim = a64.shape[1]
     width = 1 << max(0, (dim - 1).bit_length())
-    for s in range(0, len(i), _EXACT_PAIRS_PER_STEP):
-        x = a64.index_select(0, i[s:s + _EXACT_PAIRS_PER_STEP]) * b64.index_select(0, j[s:s + _EXACT_PAIRS_PER_STEP])
+    step = _EXACT_PAIRS_PER_STEP
+    for s in range(0, len(i), step):
+        x = a64.index_select(0, i[s:s + step]) * b64.index_select(0, j[s:s + step])
         if width != dim:
             x = torch.nn.functional.pad(x, (0, width - dim))
         while x.shape[1] > 1:
