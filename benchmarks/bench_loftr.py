@@ -130,12 +130,17 @@ def run_timing(args):
         net_ef.load_state_dict(eloftr.state_dict(), strict=True)
         orig_e.reparameter(net_ef)
         variants["eloftr original fp32 reparameterized"] = lambda: _original(net_ef, im0, im1)
-    outputs = {name: timed(fn)[1] for name, fn in variants.items()}   # warm-up, and outputs to compare
+    outputs = {}
+    for name, fn in variants.items():   # warm-up, and the outputs to compare
+        t, outputs[name] = timed(fn)
+        print(f"  warm-up {name}: {t:.2f} s", flush=True)
     times = {name: [] for name in variants}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, fn in variants.items():
             times[name].append(timed(fn)[0])
-    print(f"640x480 pair, {args.threads} thread(s), {args.rounds} interleaved rounds; medians (s):")
+        print(f"  round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f}" for n, t in times.items()), flush=True)
+    print(f"640x480 pair, {args.threads} thread(s), {args.rounds} interleaved rounds; medians (s), 1-min load "
+          f"average {os.getloadavg()[0]:.1f}:")
     med = {name: statistics.median(t) for name, t in times.items()}
     for name in variants:
         n = len(_matches(outputs[name]))
@@ -182,7 +187,7 @@ def run_memory(args):
     for which in ("loftr", "efficientloftr"):
         cmd = [sys.executable, __file__, "--memory-child", which, "--threads", str(args.threads)]
         res = subprocess.run(cmd, capture_output=True, text=True)
-        print(res.stdout.strip() or res.stderr.strip()[-2000:])
+        print(res.stdout.strip() or res.stderr.strip()[-2000:], flush=True)
 
 
 def memory_child(which, threads):

@@ -75,6 +75,18 @@ def inputs():
     return {p: ref(f"inputs_{p}.npz") for p in PAIRS}
 
 
+_OUTPUTS: dict = {}
+
+
+def forward(model, pair, inputs):
+    """model.forward_images on a reference pair, computed once per module (the forwards dominate the time)."""
+    key = (id(model), pair)
+    if key not in _OUTPUTS:
+        x = inputs[pair]
+        _OUTPUTS[key] = model.forward_images(x["image0_u8"], x["image1_u8"])
+    return _OUTPUTS[key]
+
+
 def _coarse_maps(maps, pair, key):
     """The stored map (full, or its [::2, ::2] subsample `_sub2` for the homography pair) and its slicer."""
     if pair == "sacre_coeur":
@@ -97,7 +109,7 @@ def check_coarse_matches(out, r):
 def test_loftr_matches_original(variant, pair, loftr_ds, loftr_ot, inputs):
     model = loftr_ds if variant == "ds" else loftr_ot
     x, r = inputs[pair], ref(f"loftr_{variant}_{pair}.npz")
-    out = model.forward_images(x["image0_u8"], x["image1_u8"])
+    out = forward(model, pair, inputs)
     check_coarse_matches(out, r)
     conf = out["conf"][0]
     close(conf[::16, ::16], r["conf_matrix_sub16"], rel=1e-4)
@@ -117,18 +129,17 @@ def test_loftr_matches_original(variant, pair, loftr_ds, loftr_ot, inputs):
         with_bin = out["conf_with_bin"][0]
         close(with_bin[:, -1], r["assign_dustbin_col"], rel=1e-4)
         close(with_bin[-1, :], r["assign_dustbin_row"], rel=1e-4)
-    # the public interface gives the same matches
-    pm = model.match_images(x["image0_u8"], x["image1_u8"])
-    assert isinstance(pm, PairMatches) and pm.image_size0 == (640, 480)
-    np.testing.assert_array_equal(pm.keypoints0, out["keypoints0"].numpy())
-    np.testing.assert_array_equal(pm.keypoints1, out["keypoints1"].numpy())
+    if variant == "ds" and pair == "sacre_coeur":   # the public interface gives the same matches
+        pm = model.match_images(x["image0_u8"], x["image1_u8"])
+        assert isinstance(pm, PairMatches) and pm.image_size0 == (640, 480)
+        np.testing.assert_array_equal(pm.keypoints0, out["keypoints0"].numpy())
+        np.testing.assert_array_equal(pm.keypoints1, out["keypoints1"].numpy())
 
 
 @pytest.mark.parametrize("pair", PAIRS)
 def test_loftr_backbone_and_transformer_maps(pair, loftr_ds, inputs):
-    x = inputs[pair]
     maps = ref(f"loftr_coarse_maps_{pair}.npz")
-    out = loftr_ds.forward_images(x["image0_u8"], x["image1_u8"])
+    out = forward(loftr_ds, pair, inputs)
     for i in (0, 1):
         want, cut = _coarse_maps(maps, pair, f"feat_c{i}_backbone")
         close(cut(out[f"feat_c{i}_backbone"]), want, rel=1e-5)
@@ -139,9 +150,9 @@ def test_loftr_backbone_and_transformer_maps(pair, loftr_ds, inputs):
 # ------------------------------------------------------------------------------------------ EfficientLoFTR
 @pytest.mark.parametrize("pair", PAIRS)
 def test_efficientloftr_matches_original(pair, eloftr, inputs):
-    x, r = inputs[pair], ref(f"efficientloftr_{pair}.npz")
+    r = ref(f"efficientloftr_{pair}.npz")
     maps = ref(f"efficientloftr_coarse_maps_{pair}.npz")
-    out = eloftr.forward_images(x["image0_u8"], x["image1_u8"])
+    out = forward(eloftr, pair, inputs)
     for i in (0, 1):
         for key, ours in ((f"feat_c{i}_backbone", f"feat_c{i}_backbone"),
                           (f"feat_c{i}_transformer", f"feat_c{i}_transformer")):
@@ -165,7 +176,7 @@ def test_efficientloftr_reparameterized_close(eloftr, inputs):
                          weights=shared(*REF, "efficientloftr_reduced_random_state_dict.pth"))
     assert not any(".rbr_dense." in k for k in fused.net.state_dict())
     x = inputs["sacre_coeur"]
-    a = eloftr.forward_images(x["image0_u8"], x["image1_u8"])
+    a = forward(eloftr, "sacre_coeur", inputs)
     b = fused.forward_images(x["image0_u8"], x["image1_u8"])
     close(b["feat_c0_backbone"], a["feat_c0_backbone"], rel=1e-5)
     close(b["conf"], a["conf"], rel=1e-3)
@@ -235,8 +246,7 @@ def test_size_rule_and_gray_input(loftr_ds, inputs):
         loftr_ds.net(torch.zeros(1, 3, 480, 640), torch.zeros(1, 3, 480, 640))
     rgb0 = cv2.cvtColor(x["image0_u8"], cv2.COLOR_GRAY2RGB)
     a = loftr_ds.match_images(rgb0, x["image1_u8"])
-    b = loftr_ds.match_images(x["image0_u8"], x["image1_u8"])
-    np.testing.assert_array_equal(a.keypoints1, b.keypoints1)
+    np.testing.assert_array_equal(a.keypoints1, forward(loftr_ds, "sacre_coeur", inputs)["keypoints1"].numpy())
 
 
 def test_coarse_mask_and_border_with_padding():

@@ -7,6 +7,7 @@ S = h1 * w1 coarse cells, C channels, M matches.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Optional
 
@@ -71,6 +72,23 @@ def coarse_mask(pixel_mask: torch.Tensor, stride: int) -> torch.Tensor:
     """Pixel mask (B, H, W) -> coarse mask (B, H / stride, W / stride): the originals' nearest subsampling
     (cell (r, c) is valid when pixel (stride r, stride c) is)."""
     return pixel_mask[:, ::stride, ::stride].contiguous()
+
+
+@contextlib.contextmanager
+def precision_context(device: torch.device, precision: str):
+    """'bf16': torch autocast to bfloat16 on `device`. 'fp32': on CUDA, cuDNN convolutions without TF32
+    (PyTorch allows TF32 convolutions by default, which changes the coarse confidences by ~1e-3 relative and
+    can flip near-threshold matches); nothing changes on CPU. The global flags are restored on exit."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif device.type == "cuda":
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            yield
+    else:
+        yield
 
 
 def run_padded(net, t0: torch.Tensor, t1: torch.Tensor, multiple: int, stride: int = 8) -> dict:
@@ -288,4 +306,5 @@ __all__ = ["merge_nested", "gray_tensor", "pad_to_multiple", "coarse_mask", "che
            "log_optimal_transport", "border_mask", "mutual_matches", "cell_centres", "gather_windows",
            "spatial_expectation",
            "normalized_grid", "checkpoint_state_dict", "sqrt_dim", "MASKED",
-           "DENSE_CONF_MAX_ENTRIES", "run_padded", "blockwise_dual_softmax_matches", "chunked_concat"]
+           "DENSE_CONF_MAX_ENTRIES", "run_padded", "precision_context", "blockwise_dual_softmax_matches",
+           "chunked_concat"]

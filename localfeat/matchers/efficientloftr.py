@@ -43,7 +43,7 @@ from ..config import ConfigError
 from ..types import PairMatches
 from ._semidense import (DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask, cell_centres,
                          check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows, gray_tensor,
-                         merge_nested, mutual_matches, run_padded, spatial_expectation)
+                         merge_nested, mutual_matches, precision_context, run_padded, spatial_expectation)
 from .base import DetectorFreeMatcher
 
 logger = logging.getLogger(__name__)
@@ -498,7 +498,7 @@ class EfficientLoFTR(DetectorFreeMatcher):
     def forward_images(self, image0: np.ndarray, image1: np.ndarray) -> dict:
         """The network's output dict (see `EfficientLoFTRNet.forward`) for two uint8 grayscale images (H, W);
         sizes that are not multiples of 32 are zero-padded at the bottom/right, with padding masks."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.conf["precision"] == "bf16"):
+        with precision_context(self.device, self.conf["precision"]):
             return run_padded(self.net, gray_tensor(image0, self.device), gray_tensor(image1, self.device),
                               self.multiple)
 

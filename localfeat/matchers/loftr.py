@@ -39,8 +39,8 @@ from ..config import ConfigError
 from ..types import PairMatches
 from ._semidense import (DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask, cell_centres,
                          check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows, gray_tensor,
-                         log_optimal_transport, merge_nested, mutual_matches, normalized_grid, run_padded,
-                         spatial_expectation)
+                         log_optimal_transport, merge_nested, mutual_matches, normalized_grid, precision_context,
+                         run_padded, spatial_expectation)
 from .base import DetectorFreeMatcher
 
 logger = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ class LoFTR(DetectorFreeMatcher):
     def forward_images(self, image0: np.ndarray, image1: np.ndarray) -> dict:
         """The network's output dict (see `LoFTRNet.forward`) for two uint8 grayscale images (H, W); images whose
         size is not a multiple of the network's are zero-padded at the bottom/right, with padding masks."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.conf["precision"] == "bf16"):
+        with precision_context(self.device, self.conf["precision"]):
             return run_padded(self.net, gray_tensor(image0, self.device), gray_tensor(image1, self.device),
                               self.multiple)
 
