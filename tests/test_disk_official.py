@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import shared
-from localfeat import hub, load_extractor
+from localfeat import hub, load_extractor, presets
 from localfeat.extractors.disk import WEIGHTS, lightglue_keypoints, pad_to_multiple
 from localfeat.ops import strict_maxima
 
 OFFICIAL = ("reference", "official")
-LIGHTGLUE_PRESET = {"style": "lightglue", "long_side": 1024, "max_keypoints": 2048}
+LIGHTGLUE_PRESET = {"style": "lightglue", "long_side": 1024, "max_keypoints": 2048, "resize_max": None}
 
 
 def reference(name: str) -> dict:
@@ -27,7 +27,11 @@ def reference(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def disk():
-    return load_extractor("disk", device="cpu", **LIGHTGLUE_PRESET)
+    # The named preset is LightGlue's DISK(max_num_keypoints=2048).
+    assert presets.EXTRACT["disk-lightglue"].model == "disk"
+    assert dict(presets.EXTRACT["disk-lightglue"].conf) == LIGHTGLUE_PRESET
+    assert presets.EXTRACT["disk-lightglue"].match == "disk+lightglue"
+    return presets.load_extractor("disk-lightglue", device="cpu")
 
 
 def assert_same_features(feats, ref):
