@@ -90,50 +90,84 @@ def make_images(folder: Path, count: int, size=96) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- concurrent writers
-def family_concurrent(work: Path, trials: int) -> None:
+STORE_WRITER = """
+import sys, time, random
+import numpy as np
+from localfeat.io.h5 import FeatureStore
+from localfeat.types import Features
+path, names = sys.argv[1], sys.argv[2:]
+random.seed(hash(tuple(names)))
+with FeatureStore(path, "a", model="m", conf={}, conf_hash="h", flush_every=2) as store:
+    for name in names:
+        if name not in store:
+            rng = np.random.default_rng(int(name[4:8]))
+            desc = rng.normal(size=(50, 32))
+            store.put(name, Features(rng.uniform(0, 90, (50, 2)), rng.uniform(size=50),
+                                     desc / np.linalg.norm(desc, axis=1)[:, None], (96, 96)))
+            time.sleep(random.uniform(0, 0.004))
+"""
+
+
+def _expected_store_entry(name: str) -> Features:
+    rng = np.random.default_rng(int(name[4:8]))
+    desc = rng.normal(size=(50, 32))
+    return Features(rng.uniform(0, 90, (50, 2)), rng.uniform(size=50), desc / np.linalg.norm(desc, axis=1)[:, None],
+                    (96, 96))
+
+
+def family_concurrent(work: Path, trials: int, cli_trials: int) -> None:
+    """Writers of one store at once: `trials` runs of small writer processes (FeatureStore.put, flushing every
+    2 entries, so that chunks and merges interleave), and `cli_trials` runs of `localfeat extract`."""
     images = work / "images"
     names = make_images(images, 40)
-    reference = FeatureStore(work / "reference.h5", "r") if (work / "reference.h5").exists() else None
-    if reference is None:
-        extract(images, work / "reference.h5", model="sift")
-        reference = FeatureStore(work / "reference.h5", "r")
+    if cli_trials:
+        extract(images, work / "reference.h5", model="sift", overwrite=True)
+    reference = FeatureStore(work / "reference.h5", "r") if cli_trials else None
     for writers in (2, 4):
         for overlap in (False, True):
-            for trial in range(trials):
+            for trial in range(trials + cli_trials):
+                use_cli = trial >= trials
                 out = work / f"concurrent_{writers}_{overlap}_{trial}.h5"
                 lists = []
                 for w in range(writers):
-                    if overlap:
+                    if overlap:  # each writer shares half of its 20 images with the next one
                         chosen = [names[(w * 10 + i) % len(names)] for i in range(20)]
                     else:
                         chosen = names[w * (len(names) // writers):(w + 1) * (len(names) // writers)]
-                    listing = work / f"list_{w}.txt"
-                    listing.write_text("".join(f"images/{n}\n" for n in chosen))
-                    lists.append((listing, chosen))
-                procs = [subprocess.Popen([sys.executable, "-m", "localfeat.cli", "extract", str(listing), "-o",
-                                           str(out), "--model", "sift", "--root", str(images)],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-                         for listing, _ in lists]
+                    lists.append([f"img_{n}" for n in chosen] if not use_cli else chosen)
+                if use_cli:
+                    commands = []
+                    for w, chosen in enumerate(lists):
+                        listing = work / f"list_{w}.txt"
+                        listing.write_text("".join(f"images/{n}\n" for n in chosen))
+                        commands.append([sys.executable, "-m", "localfeat.cli", "extract", str(listing), "-o",
+                                         str(out), "--model", "sift", "--root", str(images)])
+                else:
+                    commands = [[sys.executable, "-c", STORE_WRITER, str(out), *chosen] for chosen in lists]
+                procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                         for c in commands]
                 outcome = "ok"
                 for proc in procs:
                     try:
-                        _, err = proc.communicate(timeout=300)
+                        _, err = proc.communicate(timeout=600)
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         outcome = "hang"
                         continue
                     if proc.returncode < 0:
                         outcome = "crash"
-                    elif proc.returncode != 0 or "Traceback" in err:
-                        outcome = outcome if outcome != "ok" else "traceback"
-                expected = sorted({n for _, chosen in lists for n in chosen})
+                    elif (proc.returncode != 0 or "Traceback" in err) and outcome == "ok":
+                        outcome = "traceback"
+                        notes["concurrent writers"].append(err.strip().splitlines()[-1][:200] if err.strip() else "")
+                expected = sorted({n for chosen in lists for n in chosen})
                 if outcome == "ok":
                     store = FeatureStore(out, "r")
                     if store.names() != expected:
                         outcome = "lost"
-                    elif not all(store.get(n).equals(reference.get(n)) for n in expected):
+                    elif not all(store.get(n).equals(reference.get(n) if use_cli else _expected_store_entry(n))
+                                 for n in expected):
                         outcome = "wrong"
-                record("concurrent writers", outcome,
+                record("concurrent writers" + (" (localfeat extract)" if use_cli else " (store API)"), outcome,
                        f"{writers} writers, {'overlapping' if overlap else 'disjoint'}, trial {trial}")
 
 
@@ -432,15 +466,16 @@ def family_sigkill(work: Path, kills: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 trials per concurrency setting, 3 kills")
-    parser.add_argument("--trials", type=int, default=20, help="trials per concurrency setting")
+    parser.add_argument("--quick", action="store_true", help="3 + 1 trials per concurrency setting, 3 kills")
+    parser.add_argument("--trials", type=int, default=20, help="store-API trials per concurrency setting")
+    parser.add_argument("--cli-trials", type=int, default=2, help="`localfeat extract` trials per setting")
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--only", nargs="*", default=None, help="families to run (function suffixes)")
     args = parser.parse_args()
-    trials, kills = (3, 3) if args.quick else (args.trials, args.kills)
+    trials, cli_trials, kills = (3, 1, 3) if args.quick else (args.trials, args.cli_trials, args.kills)
     families = {"bombs": family_bombs, "disk_full": family_disk_full, "indices": family_indices,
                 "hloc": family_hloc, "stores": family_stores, "npz": family_npz, "configs": family_configs,
-                "concurrent": lambda w: family_concurrent(w, trials), "sigkill": lambda w: family_sigkill(w, kills)}
+                "concurrent": lambda w: family_concurrent(w, trials, cli_trials), "sigkill": lambda w: family_sigkill(w, kills)}
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lf_reliability_") as tmp:
         for name, run in families.items():

@@ -17,6 +17,17 @@ previous complete version, every journal file is complete, and reopening the sto
 entries of both, so a rerun skips them. Readers of this class see journal entries too; other
 HDF5 readers see them once the writing run has closed the store.
 
+Several writers at once (e.g. two `localfeat extract` runs on disjoint image lists into one file)
+are safe: journal chunks have per-process names (time, PID, random), appending one holds the
+advisory lock ``.<file>.lock`` shared, and a merge holds it exclusive and merges every writer's
+chunks (`localfeat.io.lock`). A full disk is a clean `OSError` naming the store: chunks are built
+in memory and written with plain writes, and a merge reserves its disk space before HDF5 writes.
+
+Integrity. Datasets carry Fletcher32 checksums, verified on read; damaged or forged contents
+(missing datasets, wrong shapes, sizes declared beyond the file's size, broken links, checksum
+mismatches) raise `StoreError` naming the file, entry and dataset. The root attribute `kind`
+records "features" or "matches", so one cannot be appended to the other.
+
 Readers also accept hloc's layout (descriptors stored (D, N), `image_size` as a dataset;
 matches as `matches0` / `matching_scores0`); see `import_imb_features` for the Image
 Matching Benchmark layout.
