@@ -251,6 +251,7 @@ def evaluate_pose(pairs_file: str | os.PathLike, images: str | os.PathLike, mode
     """
     from ..io.images import read_image
     from ..presets import default_matcher_conf
+    from .cache import load_entry
     from ..registry import conf_hash, load_extractor, load_matcher
 
     from ..dense import is_detector_free
@@ -275,9 +276,10 @@ def evaluate_pose(pairs_file: str | os.PathLike, images: str | os.PathLike, mode
     if output is not None:
         key = conf_hash("pose", {k: v for k, v in identity.items() if k != "conf"})
         result_path = Path(output) / f"pose_{extractor.name}_{key}.json"
-        if result_path.exists() and not overwrite:
+        cached = None if overwrite else load_entry(result_path, identity, default=_json_default)
+        if cached is not None:
             logger.info("pose: reusing %s", result_path)
-            return json.loads(result_path.read_text())
+            return cached
     root = Path(images)
     if not root.is_dir():
         raise FileNotFoundError(f"--images {root}: not a folder")
