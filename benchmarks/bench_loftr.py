@@ -130,6 +130,7 @@ def run_timing(args):
         net_ef.load_state_dict(eloftr.state_dict(), strict=True)
         orig_e.reparameter(net_ef)
         variants["eloftr original fp32 reparameterized"] = lambda: _original(net_ef, im0, im1)
+    variants = {k: v for k, v in variants.items() if k.split()[0] in args.models}
     outputs = {}
     for name, fn in variants.items():   # warm-up, and the outputs to compare
         t, outputs[name] = timed(fn)
@@ -148,7 +149,7 @@ def run_timing(args):
     for fam, ours in (("loftr", "loftr ours fp32"), ("eloftr", "eloftr ours fp32"),
                       ("eloftr", "eloftr ours fp32 reparameterized")):
         base = f"{fam} original fp32" + (" reparameterized" if "reparameterized" in ours else "")
-        if base in med:
+        if base in med and ours in med:
             print(f"  ratio {base} / {ours}: {med[base] / med[ours]:.2f}")
             a, b = outputs[ours], outputs[base]
             diff = _compare(a, b)
@@ -156,7 +157,8 @@ def run_timing(args):
     for fam in ("loftr", "eloftr"):
         fp32 = f"{fam} ours fp32" + (" reparameterized" if fam == "eloftr" else "")
         bf = f"{fam} ours bf16" + (" reparameterized" if fam == "eloftr" else "")
-        print(f"  ratio {fp32} / {bf}: {med[fp32] / med[bf]:.2f}")
+        if fp32 in med and bf in med:
+            print(f"  ratio {fp32} / {bf}: {med[fp32] / med[bf]:.2f}")
 
 
 def _bf16(net, im0, im1):
@@ -209,6 +211,7 @@ def main():
     p.add_argument("--loftr-src", help="checkout of zju3dv/LoFTR (folder holding src/)")
     p.add_argument("--eloftr-src", help="checkout of zju3dv/EfficientLoFTR (folder holding src/)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--models", nargs="+", default=["loftr", "eloftr"], choices=["loftr", "eloftr"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--thr", type=float, default=None, help="coarse threshold (default: the official 0.2)")
     p.add_argument("--memory", action="store_true", help="peak memory of a 1600x1200 pair (subprocesses)")
