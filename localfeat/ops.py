@@ -25,7 +25,8 @@ def resolve_device(device: Optional[str]) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ConfigError(f"device={short_repr(device)} is not a torch device ({exc}); use e.g. cpu or cuda:0") from None
+        raise ConfigError(f"device={short_repr(device)} is not a torch device ({exc}); "
+                          "use e.g. cpu or cuda:0") from None
     if dev.type == "cuda":  # fail here with a clear message, not in the first CUDA call with an AssertionError
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -47,7 +47,8 @@ def test_affine_sim_views_are_bounded():
     start = time.monotonic()
     with pytest.raises(ConfigError, match="affine_sim: phi_step must be a finite number in \\(0, 180\\], got 0"):
         load_extractor("affine_sim", phi_step=0)
-    with pytest.raises(ConfigError, match="affine_sim: tilts must be a finite number in \\[1, 32.0\\], got 1000000000.0"):
+    with pytest.raises(ConfigError, match="affine_sim: tilts must be a finite number in \\[1, 32.0\\], "
+                                          "got 1000000000.0"):
         load_extractor("affine_sim", tilts=[1e9])
     with pytest.raises(ConfigError, match="make more than 1000 views"):
         load_extractor("affine_sim", tilts=[1, 32], phi_step=1e-6)

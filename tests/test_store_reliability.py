@@ -319,7 +319,8 @@ def test_damaged_npz_files_are_value_errors_naming_the_file(tmp_path):
     data = good.read_bytes()
     cases = {"empty.r2d2": (b"", "not a readable npz file \\(EOFError"),
              "truncated.r2d2": (data[: len(data) // 2], "not a readable npz file \\(BadZipFile"),
-             "five.r2d2": (b"hello", "not an npz file \\(neither a zip archive nor a .npy array; pickles are never loaded\\)")}
+             "five.r2d2": (b"hello", "not an npz file \\(neither a zip archive nor a .npy array; pickles are "
+                                     "never loaded\\)")}
     for name, (content, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(content)
