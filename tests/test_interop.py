@@ -104,7 +104,7 @@ def test_hloc_layout_is_read_by_hlocs_own_code(tmp_path, two_images):
         assert "image_size" not in f[names[0]] and f[names[0]]["descriptors"].shape[1] == 128
 
     sift_args = ["--conf", "max_keypoints=300", "resize_max=400"]
-    assert main(["extract", str(root), "-o", str(feats), "--layout", "hloc"] + sift_args) == 0
+    assert main(["extract", "--model", "sift", str(root), "-o", str(feats), "--layout", "hloc"] + sift_args) == 0
     pairs_file = tmp_path / "pairs.txt"
     write_pairs(pairs_file, [tuple(names)])
     assert main(["match", str(feats), "-o", str(matches), "--pairs", str(pairs_file), "--conf", "ratio=0.9",
@@ -346,7 +346,7 @@ def test_cli_conf_items_leave_the_positional_argument_alone(tmp_path, two_images
     root, names = two_images
     # Before: `--conf max_keypoints=200 IMAGES` took IMAGES as a config item ("the following arguments
     # are required: images").
-    assert main(["extract", "--conf", "max_keypoints=200", "resize_max=400", str(root), "-o",
+    assert main(["extract", "--model", "sift", "--conf", "max_keypoints=200", "resize_max=400", str(root), "-o",
                  str(tmp_path / "f.h5")]) == 0
     store = FeatureStore(tmp_path / "f.h5", mode="r")
     assert store.names() == sorted(names) and store.stored_conf()["max_keypoints"] == 200
@@ -363,7 +363,8 @@ def test_cli_failed_images_give_exit_code_3_and_keep_the_rest(tmp_path, two_imag
     shutil.copytree(root, images)
     (images / "broken.png").write_bytes(b"not an image")
     # Before: `--on-error skip` exited 0 although an image had failed.
-    assert main(["extract", str(images), "-o", str(tmp_path / "f.h5")] + ["--conf", "max_keypoints=100"]) == 3
+    assert main(["extract", "--model", "sift", str(images), "-o", str(tmp_path / "f.h5"),
+                 "--conf", "max_keypoints=100"]) == 3
     assert "1 failed" in capsys.readouterr().out
     assert FeatureStore(tmp_path / "f.h5", mode="r").names() == sorted(names)
 
@@ -371,7 +372,7 @@ def test_cli_failed_images_give_exit_code_3_and_keep_the_rest(tmp_path, two_imag
 def test_cli_ordinary_mistakes_are_one_line_errors(tmp_path, two_images, capsys):
     root, names = two_images
     feats = tmp_path / "f.h5"
-    assert main(["extract", str(root), "-o", str(feats), "--conf", "max_keypoints=100"]) == 0
+    assert main(["extract", "--model", "sift", str(root), "-o", str(feats), "--conf", "max_keypoints=100"]) == 0
     capsys.readouterr()
     # ratio=1.5 was accepted (every distance passes a ratio above 1).
     assert main(["match", str(feats), "-o", str(tmp_path / "m.h5"), "--exhaustive", "--conf", "ratio=1.5"]) == 2
@@ -389,10 +390,10 @@ def test_cli_ordinary_mistakes_are_one_line_errors(tmp_path, two_images, capsys)
     _one_line_error(capsys, "train", "already holds a run", "--resume")
     # Output in a folder that cannot be written: was a PermissionError traceback after the first image.
     folder = _unwritable_folder(tmp_path)
-    assert main(["extract", str(root), "-o", str(folder / "f.h5")]) == 2
+    assert main(["extract", "--model", "sift", str(root), "-o", str(folder / "f.h5")]) == 2
     _one_line_error(capsys, "extract", "is not writable", "choose another output path")
     # Extracting into the store with another config: the differing keys are named.
-    assert main(["extract", str(root), "-o", str(feats), "--conf", "max_keypoints=50"]) == 2
+    assert main(["extract", "--model", "sift", str(root), "-o", str(feats), "--conf", "max_keypoints=50"]) == 2
     _one_line_error(capsys, "extract", "differing keys: max_keypoints (stored 100, now 50)")
 
 
@@ -419,10 +420,10 @@ def test_cli_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path, two_images, 
     monkeypatch.setattr(pipeline, "load_extractor", interrupted_after_one)
     out = tmp_path / "f.h5"
     # Before: 12 frames of KeyboardInterrupt traceback and no word on what was kept.
-    assert main(["extract", str(root), "-o", str(out), "--conf", "max_keypoints=100"]) == 130
+    assert main(["extract", "--model", "sift", str(root), "-o", str(out), "--conf", "max_keypoints=100"]) == 130
     _one_line_error(capsys, "extract", "interrupted: 1 done", f"saved in {out}", "rerun the same command to resume")
     monkeypatch.setattr(pipeline, "load_extractor", real)
-    assert main(["extract", str(root), "-o", str(out), "--conf", "max_keypoints=100"]) == 0
+    assert main(["extract", "--model", "sift", str(root), "-o", str(out), "--conf", "max_keypoints=100"]) == 0
     assert "1 done, 1 already present" in capsys.readouterr().out
 
 
@@ -431,7 +432,7 @@ def test_view_draws_title_legend_ransac_inliers_in_the_requested_format(tmp_path
 
     root, names = two_images
     feats, matches = tmp_path / "f.h5", tmp_path / "m.h5"
-    assert main(["extract", str(root), "-o", str(feats), "--conf", "max_keypoints=500"]) == 0
+    assert main(["extract", "--model", "sift", str(root), "-o", str(feats), "--conf", "max_keypoints=500"]) == 0
     assert main(["match", str(feats), "-o", str(matches), "--exhaustive"]) == 0
     capsys.readouterr()
     out = tmp_path / "pair.jpg"
