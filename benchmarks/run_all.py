@@ -182,31 +182,40 @@ def section_extraction(models, rounds: int, sequences, rows: list) -> None:
     images = {(s, k): read_image(data.image_path(s, k)) for s in data.sequences for k in range(1, 7)}
     timed = [(s, 1) for s in data.sequences]  # speed on image 1 of each sequence
     sift = load_extractor("sift")
+    for name in models:
+        try:
+            _extraction_rows(name, images, timed, sift, data, rounds, rows)
+        except Exception as exc:  # one model's failure must not hide the others' figures
+            rows.append(("extraction", f"{name} bf16", f"{name} fp32", float("nan"),
+                         f"failed: {type(exc).__name__}: {str(exc)[:120]}"))
+
+
+def _extraction_rows(name, images, timed, sift, data, rounds, rows) -> None:
+    from localfeat.registry import load_extractor
 
     def time_model(extract):
         return lambda: [extract(images[key]) for key in timed]
 
-    for name in models:
-        fp32 = load_extractor(name)
-        if name == "r2d2":  # R2D2 has its own bf16 path (BatchNorm folded, bf16 trunk, fp32 heads)
-            bf16_model = load_extractor(name, precision="bf16")
-            bf16, how = bf16_model.extract, "precision='bf16'"
-        else:
-            def bf16(image, model=fp32):
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return model.extract(image)
-            how = "torch.autocast(cpu, bfloat16)"
-        best, _ = interleaved({"sift": time_model(sift.extract), "fp32": time_model(fp32.extract),
-                               "bf16": time_model(bf16)}, rounds)
-        feats32 = {key: fp32.extract(img) for key, img in images.items()}
-        feats16 = {key: bf16(img) for key, img in images.items()}
-        agree = np.mean([_agreement(feats32[k].keypoints, feats16[k].keypoints) for k in images])
-        mma32, mma16 = _mma3(feats32, data), _mma3(feats16, data)
-        rows.append(("extraction", f"{name} fp32", "SIFT", best["fp32"] / best["sift"],
-                     f"best of {rounds}, {len(timed)} images"))
-        rows.append(("extraction", f"{name} bf16 ({how})", f"{name} fp32", best["bf16"] / best["fp32"],
-                     f"keypoints within 0.5 px: {100 * agree:.1f}%; MMA@3 {mma16:.3f} vs {mma32:.3f} "
-                     f"(diff {mma16 - mma32:+.3f}, {len(data.sequences) * 5} pairs)"))
+    fp32 = load_extractor(name)
+    if name == "r2d2":  # R2D2 has its own bf16 path (BatchNorm folded, bf16 trunk, fp32 heads)
+        bf16_model = load_extractor(name, precision="bf16")
+        bf16, how = bf16_model.extract, "precision='bf16'"
+    else:
+        def bf16(image, model=fp32):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.extract(image)
+        how = "torch.autocast(cpu, bfloat16)"
+    best, _ = interleaved({"sift": time_model(sift.extract), "fp32": time_model(fp32.extract),
+                           "bf16": time_model(bf16)}, rounds)
+    feats32 = {key: fp32.extract(img) for key, img in images.items()}
+    feats16 = {key: bf16(img) for key, img in images.items()}
+    agree = np.mean([_agreement(feats32[k].keypoints, feats16[k].keypoints) for k in images])
+    mma32, mma16 = _mma3(feats32, data), _mma3(feats16, data)
+    rows.append(("extraction", f"{name} fp32", "SIFT", best["fp32"] / best["sift"],
+                 f"best of {rounds}, {len(timed)} images"))
+    rows.append(("extraction", f"{name} bf16 ({how})", f"{name} fp32", best["bf16"] / best["fp32"],
+                 f"keypoints within 0.5 px: {100 * agree:.1f}%; MMA@3 {mma16:.3f} vs {mma32:.3f} "
+                 f"(diff {mma16 - mma32:+.3f}, {len(data.sequences) * 5} pairs)"))
 
 
 def main() -> int:
