@@ -16,6 +16,8 @@ from localfeat.extractors.superpoint import SuperPoint, SuperPointNet, semi_to_h
 from localfeat.registry import ConfigError, get_class, load_extractor, load_matcher
 
 
+SCORE_RTOL = 2e-4  # scores: softmax of the network's `semi`, matched at 1e-4 absolute (float32 kernels differ by CPU)
+
 @pytest.fixture(scope="module")
 def weights_path():
     return str(shared("reference", "superpoint", "superpoint_random_state_dict.pth"))
@@ -68,9 +70,17 @@ def test_frontend_points_and_descriptors(demo_features, ref, i):
     pts = ref["frontend_output"][f"pts{i}"]
     assert f.image_size == (320, 240)
     assert len(f) == pts.shape[1]
-    np.testing.assert_array_equal(f.keypoints, pts[:2].T.astype(np.float32))  # same order: by confidence
-    np.testing.assert_allclose(f.scores, pts[2], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(f.descriptors, ref["frontend_output"][f"desc{i}"].T, atol=1e-4, rtol=0)
+    # The release orders points by confidence. Two confidences a float32 rounding apart may swap on
+    # another CPU (seen with AVX2 kernels: 2 of 1223 points), so the point sets are compared aligned by
+    # position and the order as a property. Scores are softmax outputs of `semi`, itself matched at 1e-4
+    # above: relative 2e-4.
+    ours, theirs = np.lexsort(f.keypoints.T), np.lexsort(pts[:2])
+    np.testing.assert_array_equal(f.keypoints[ours], pts[:2].T.astype(np.float32)[theirs])
+    np.testing.assert_allclose(f.scores[ours], pts[2][theirs], atol=1e-7, rtol=SCORE_RTOL)
+    np.testing.assert_allclose(f.descriptors[ours], ref["frontend_output"][f"desc{i}"].T[theirs], atol=1e-4, rtol=0)
+    assert np.all(np.diff(f.scores) <= 0)  # by decreasing confidence
+    moved = np.flatnonzero(np.any(f.keypoints != pts[:2].T.astype(np.float32), axis=1))
+    np.testing.assert_allclose(f.scores[moved], pts[2][moved], atol=1e-7, rtol=SCORE_RTOL)  # only near-ties swap
 
 
 def test_demo_two_way_matches_with_nearest_neighbour_matcher(demo_features, ref):
@@ -88,7 +98,7 @@ def test_lightglue_style_keypoints(weights_path, ref):
                         detection_threshold=0.0005)
     f = ex.extract(ref["input"]["image1_gray_uint8"])
     np.testing.assert_array_equal(f.keypoints, lg["keypoints"][0])  # raster order
-    np.testing.assert_allclose(f.scores, lg["keypoint_scores"][0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(f.scores, lg["keypoint_scores"][0], atol=1e-7, rtol=SCORE_RTOL)
 
 
 def test_lightglue_style_top256_with_descriptors(weights_path, ref):
@@ -97,7 +107,7 @@ def test_lightglue_style_top256_with_descriptors(weights_path, ref):
                         detection_threshold=0.0005, max_keypoints=256)
     f = ex.extract(ref["input"]["image1_gray_uint8"])
     np.testing.assert_array_equal(f.keypoints, lg["keypoints_top256"][0])
-    np.testing.assert_allclose(f.scores, lg["keypoint_scores_top256"][0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(f.scores, lg["keypoint_scores_top256"][0], atol=1e-7, rtol=SCORE_RTOL)
     np.testing.assert_allclose(f.descriptors, lg["descriptors_top256"][0], atol=1e-4, rtol=0)
 
 
