@@ -22,7 +22,7 @@ def test_unknown_name_lists_available_models():
 def test_unknown_config_key_lists_valid_keys():
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['max_kpts'\]; valid keys: \[.*'max_keypoints'"):
         localfeat.load_extractor("sift", max_kpts=10)
-    with pytest.raises(ConfigError, match=r"valid keys: \['block_rows', 'device', 'max_distance', 'mutual', 'ratio'\]"):
+    with pytest.raises(ConfigError, match=r"valid keys: \['block_rows', 'device', 'max_distance', 'mutual', 'precision', 'ratio'\]"):
         localfeat.load_matcher("nearest_neighbor", ratio_thresh=0.8)
 
 
