@@ -164,3 +164,9 @@ def test_trainer_on_colmap_scenes(tmp_path):
                 tmp_path / "run", {"steps": 2, "batch_size": 1, "checkpoint_every": 2, "tensorboard": False})
     text = (run / "metrics.csv").read_text().splitlines()
     assert text[0].startswith("step,total") and len(text) == 3
+
+
+def test_homography_pairs_missing_photos_folder_says_how_to_get_photos(tmp_path):
+    # The acceptance preset reads data/train_photos: a missing folder names it and the gathering command.
+    with pytest.raises(PairsError, match=r"(?s)no_photos_here.*localfeat\.datasets\.training_photos"):
+        HomographyPairs([str(tmp_path / "no_photos_here")])

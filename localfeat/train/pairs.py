@@ -97,7 +97,13 @@ class HomographyPairs(torch.utils.data.Dataset):
                  seed: int = 0, length: int = 10000, repeat: bool = False):
         from ..datasets.synth import list_photos
 
-        self.paths = list_photos(photos)
+        try:
+            self.paths = list_photos(photos)
+        except FileNotFoundError as exc:
+            raise PairsError(f"data.images: {exc}; gather licence-clean real photos with `python -m "
+                             "localfeat.datasets.training_photos -o DIR` and pass DIR (relative paths are "
+                             "read from the working directory), or data.images=null for the scikit-image "
+                             "photos") from exc
         if not self.paths:
             raise PairsError(f"no images found in {photos or 'the scikit-image photos'}: give a folder of images")
         self.conf, self.seed, self.length, self.repeat = conf, int(seed), int(length), bool(repeat)
