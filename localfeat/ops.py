@@ -88,6 +88,15 @@ def sample_dense(dense: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear"
     return out[:, :, 0].transpose(1, 2)
 
 
+def sample_at_pixels(dense: torch.Tensor, xy: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Bilinear samples (B, N, C) of a map (B, C, h, w) of stride `stride` (map pixel j covers input pixels
+    stride*j .. stride*j + stride - 1, centre stride*j + (stride - 1)/2) at input pixels xy (B, N, 2),
+    pixel-centre convention."""
+    h, w = dense.shape[-2:]
+    grid = pixel_to_grid(xy, (w * stride, h * stride))
+    return sample_dense(dense, grid.to(dense.dtype))
+
+
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     return F.normalize(x, p=2, dim=dim, eps=eps)
 

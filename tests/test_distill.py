@@ -10,7 +10,8 @@ import torch
 from localfeat.config import ConfigError
 from localfeat.extractors import lite
 from localfeat.train.losses import build_loss
-from localfeat.train.losses.distill import DistillLoss, relational_kl, sample_at, student_points
+from localfeat.ops import sample_at_pixels
+from localfeat.train.losses.distill import DistillLoss, relational_kl, student_points
 
 
 def test_relational_kl_hand_computed():
@@ -43,7 +44,7 @@ def test_student_points_and_sampling_hand_case():
     # A stride-4 map whose value is the x of the pixel centre 4j + 1.5: bilinear sampling is exact there.
     j = torch.arange(8, dtype=torch.float32) * 4 + 1.5
     dense = j.view(1, 1, 1, 8).expand(1, 1, 8, 8).contiguous()
-    v = sample_at(dense, torch.tensor([[[9.5, 9.5], [13.5, 2.0]]]), stride=4)
+    v = sample_at_pixels(dense, torch.tensor([[[9.5, 9.5], [13.5, 2.0]]]), stride=4)
     assert v[0, :, 0].tolist() == pytest.approx([9.5, 13.5])
 
 

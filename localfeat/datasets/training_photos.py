@@ -36,6 +36,8 @@ from typing import Iterable, Optional
 import cv2
 import numpy as np
 
+from ..io.atomic import current_umask
+
 logger = logging.getLogger(__name__)
 
 DEBIAN_PACKAGES = ("opencv-doc", "plasma-workspace-wallpapers", "gnome-backgrounds", "mate-backgrounds",
@@ -134,19 +136,12 @@ def gather(out_dir: str | os.PathLike, packages: Iterable[str] = DEBIAN_PACKAGES
                     counts[source] = counts.get(source, 0) + 1
         with open(staging / "manifest.csv", "w", newline="") as f:
             csv.writer(f).writerows([["source", "path", "sha1", "width", "height"], *rows])
-        mode = 0o777 & ~_umask()
-        os.chmod(staging, mode)
+        os.chmod(staging, 0o777 & ~current_umask())
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return counts
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def main(argv=None) -> int:

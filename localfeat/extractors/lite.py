@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_strict, state_dict_from_file
 from ..config import ConfigError
-from ..io.atomic import atomic_path
-from ..ops import image_to_tensor, l2_normalize
+from ..io.atomic import torch_save_atomic
+from ..ops import image_to_tensor, l2_normalize, sample_at_pixels
 from ..types import Features
 from ._dkd import detect_keypoints
 from .base import Extractor
@@ -172,17 +172,8 @@ class Lite(Extractor):
         order = torch.argsort(scores, descending=True, stable=True)  # best first
         kpts, scores = kpts[order], scores[order]
         xy = (kpts + 1) / 2 * kpts.new_tensor([w - 1, h - 1])      # pixels, pixel-centre origin
-        desc = sample_descriptors(desc_map, xy[None], DESCRIPTOR_STRIDE)[0]
+        desc = l2_normalize(sample_at_pixels(desc_map, xy[None], DESCRIPTOR_STRIDE)[0], dim=-1)
         return Features(xy.cpu().numpy(), scores.float().cpu().numpy(), desc.float().cpu().numpy(), (w, h))
-
-
-def sample_descriptors(desc_map: torch.Tensor, xy: torch.Tensor, stride: int) -> torch.Tensor:
-    """Bilinear samples of a descriptor map (B, D, h, w) of stride `stride` (map pixel j covers input
-    pixels stride*j .. stride*j + stride - 1) at input pixels xy (B, N, 2); returns (B, N, D) L2-normalised."""
-    h, w = desc_map.shape[-2:]
-    g = (xy + 0.5) / (xy.new_tensor([w, h]) * stride) * 2 - 1
-    out = F.grid_sample(desc_map, g[:, None].to(desc_map.dtype), mode="bilinear", align_corners=False)
-    return l2_normalize(out[:, :, 0].transpose(1, 2), dim=-1)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -211,5 +202,4 @@ def train_dense(net: LiteNet, images: torch.Tensor) -> dict:
 
 def train_save(net: LiteNet, conf: dict, path) -> None:
     """Write {'lite': state_dict} (the file `Lite(weights=path)` loads), atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"lite": net.state_dict()}, tmp)
+    torch_save_atomic({"lite": net.state_dict()}, path)

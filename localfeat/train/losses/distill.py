@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ...config import ConfigError, parse_model_spec
-from ...io.atomic import atomic_path
-from ...ops import l2_normalize, max_filter_nms
+from ...io.atomic import torch_save_atomic
+from ...ops import l2_normalize, max_filter_nms, sample_at_pixels
 from ._base import Loss, detection_map
 
 logger = logging.getLogger(__name__)
@@ -144,8 +144,7 @@ class TargetCache:
             for j, i in enumerate(missing):
                 entry = {"scores": s[j].half(), "descriptors": d[j].half()}
                 path = self.root / keys[i][:2] / f"{keys[i]}.pt"
-                with atomic_path(path) as tmp:
-                    torch.save(entry, tmp)
+                torch_save_atomic(entry, path)
                 found[i] = entry
         dev = images.device
         scores = torch.stack([found[i]["scores"] for i in range(len(keys))]).float().to(dev)
@@ -165,14 +164,6 @@ def student_points(scores: torch.Tensor, k: int, nms: int, border: int = 4) -> t
     peaks[..., :, w - border:] = -1
     idx = peaks.reshape(b, -1).topk(k, dim=1).indices
     return torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1).float()
-
-
-def sample_at(dense: torch.Tensor, xy: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    """Bilinear samples (B, K, C) of a map (B, C, h, w) of stride `stride` at input pixels xy (B, K, 2),
-    pixel-centre convention (map pixel j is centred on input pixel stride*j + (stride - 1)/2)."""
-    h, w = dense.shape[-2:]
-    g = (xy + 0.5) / (xy.new_tensor([w, h]) * stride) * 2 - 1
-    return F.grid_sample(dense, g[:, None], mode="bilinear", align_corners=False)[:, :, 0].transpose(1, 2)
 
 
 def relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -235,8 +226,8 @@ class DistillLoss(Loss):
             b = len(batch["image0"])
             k = min(int(c["num_points"]), p.shape[-1] * p.shape[-2] // 16)
             xy = student_points(p, k, int(c["nms"]))                       # (2B, K, 2)
-            s = l2_normalize(sample_at(d, xy), dim=-1)                      # (2B, K, D)
-            t = l2_normalize(sample_at(t_desc, xy, int(c["grid"])), dim=-1)  # (2B, K, Dt)
+            s = l2_normalize(sample_at_pixels(d, xy), dim=-1)                      # (2B, K, D)
+            t = l2_normalize(sample_at_pixels(t_desc, xy, int(c["grid"])), dim=-1)  # (2B, K, Dt)
             if c["descriptors"]:
                 pair_s = torch.cat([s[:b], s[b:]], dim=1)                  # (B, 2K, D): both images of a pair
                 pair_t = torch.cat([t[:b], t[b:]], dim=1)
