@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..hub import CheckpointError
+from ..types import PairMatches
+from .base import DetectorFreeMatcher
 
 # The value the originals fill masked similarities with (before a softmax).
 MASKED = -1e9
@@ -308,3 +310,23 @@ __all__ = ["merge_nested", "gray_tensor", "pad_to_multiple", "coarse_mask", "che
            "normalized_grid", "checkpoint_state_dict", "sqrt_dim", "MASKED",
            "DENSE_CONF_MAX_ENTRIES", "run_padded", "precision_context", "blockwise_dual_softmax_matches",
            "chunked_concat"]
+
+
+class PaddedPairMatcher(DetectorFreeMatcher):
+    """What LoFTR and EfficientLoFTR share: `self.net` (a network whose forward takes padded gray tensors and
+    padding masks, see `run_padded`) and `multiple` (the size the input is padded to)."""
+
+    multiple = 8
+
+    @torch.inference_mode()
+    def forward_images(self, image0: np.ndarray, image1: np.ndarray) -> dict:
+        """The network's output dict for two uint8 grayscale images (H, W); sizes that are not multiples of
+        `multiple` are zero-padded at the bottom/right, with padding masks."""
+        with precision_context(self.device, self.conf["precision"]):
+            return run_padded(self.net, gray_tensor(image0, self.device), gray_tensor(image1, self.device),
+                              self.multiple)
+
+    def _match_images(self, image0: np.ndarray, image1: np.ndarray) -> PairMatches:
+        out = self.forward_images(image0, image1)
+        return PairMatches(out["keypoints0"].float().cpu(), out["keypoints1"].float().cpu(),
+                           out["confidence"].float().cpu())

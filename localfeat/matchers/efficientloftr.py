@@ -32,7 +32,6 @@ import math
 import re
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,11 +39,9 @@ import torch.nn.functional as F
 from .. import hub
 from ..checkpoints import load_weights, state_dict_from_file
 from ..config import ConfigError
-from ..types import PairMatches
-from ._semidense import (DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask, cell_centres,
-                         check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows, gray_tensor,
-                         merge_nested, mutual_matches, precision_context, run_padded, spatial_expectation)
-from .base import DetectorFreeMatcher
+from ._semidense import (PaddedPairMatcher, DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask,
+                         cell_centres, check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows,
+                         merge_nested, mutual_matches, spatial_expectation)
 
 logger = logging.getLogger(__name__)
 
@@ -449,7 +446,7 @@ def infer_num_blocks(state: dict) -> Optional[list]:
     return counts
 
 
-class EfficientLoFTR(DetectorFreeMatcher):
+class EfficientLoFTR(PaddedPairMatcher):
     """EfficientLoFTR matcher: two images -> `PairMatches` (see the module docstring).
 
     Config:
@@ -493,16 +490,3 @@ class EfficientLoFTR(DetectorFreeMatcher):
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
         return [WEIGHTS["outdoor"]]
-
-    @torch.inference_mode()
-    def forward_images(self, image0: np.ndarray, image1: np.ndarray) -> dict:
-        """The network's output dict (see `EfficientLoFTRNet.forward`) for two uint8 grayscale images (H, W);
-        sizes that are not multiples of 32 are zero-padded at the bottom/right, with padding masks."""
-        with precision_context(self.device, self.conf["precision"]):
-            return run_padded(self.net, gray_tensor(image0, self.device), gray_tensor(image1, self.device),
-                              self.multiple)
-
-    def _match_images(self, image0: np.ndarray, image1: np.ndarray) -> PairMatches:
-        out = self.forward_images(image0, image1)
-        return PairMatches(out["keypoints0"].float().cpu(), out["keypoints1"].float().cpu(),
-                           out["confidence"].float().cpu())

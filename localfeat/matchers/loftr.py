@@ -28,7 +28,6 @@ import logging
 import math
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,12 +35,9 @@ import torch.nn.functional as F
 from .. import hub
 from ..checkpoints import load_weights
 from ..config import ConfigError
-from ..types import PairMatches
-from ._semidense import (DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask, cell_centres,
-                         check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows, gray_tensor,
-                         log_optimal_transport, merge_nested, mutual_matches, normalized_grid, precision_context,
-                         run_padded, spatial_expectation)
-from .base import DetectorFreeMatcher
+from ._semidense import (PaddedPairMatcher, DENSE_CONF_MAX_ENTRIES, MASKED, blockwise_dual_softmax_matches, border_mask,
+                         cell_centres, check_size, checkpoint_state_dict, chunked_concat, dual_softmax, gather_windows,
+                         log_optimal_transport, merge_nested, mutual_matches, normalized_grid, spatial_expectation)
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +409,7 @@ def resolve_config(pretrained: str, config: Optional[dict], where: str = "loftr"
     return merge_nested(base, config, where)
 
 
-class LoFTR(DetectorFreeMatcher):
+class LoFTR(PaddedPairMatcher):
     """LoFTR matcher: two images -> `PairMatches` (see the module docstring).
 
     Config:
@@ -449,16 +445,3 @@ class LoFTR(DetectorFreeMatcher):
     @classmethod
     def weight_specs(cls, conf: dict) -> list:
         return [WEIGHTS[conf.get("pretrained", cls.default_conf["pretrained"])]]
-
-    @torch.inference_mode()
-    def forward_images(self, image0: np.ndarray, image1: np.ndarray) -> dict:
-        """The network's output dict (see `LoFTRNet.forward`) for two uint8 grayscale images (H, W); images whose
-        size is not a multiple of the network's are zero-padded at the bottom/right, with padding masks."""
-        with precision_context(self.device, self.conf["precision"]):
-            return run_padded(self.net, gray_tensor(image0, self.device), gray_tensor(image1, self.device),
-                              self.multiple)
-
-    def _match_images(self, image0: np.ndarray, image1: np.ndarray) -> PairMatches:
-        out = self.forward_images(image0, image1)
-        return PairMatches(out["keypoints0"].float().cpu(), out["keypoints1"].float().cpu(),
-                           out["confidence"].float().cpu())
