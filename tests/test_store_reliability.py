@@ -26,12 +26,11 @@ def features_for(name: str, n: int = 6, d: int = 8) -> Features:
 
 WRITER = textwrap.dedent("""
     import sys, time, random
-    sys.path.insert(0, {tests!r})
     from test_store_reliability import features_for
     from localfeat.io.h5 import FeatureStore
     path, names = sys.argv[1], sys.argv[2:]
     random.seed(hash(tuple(names)))
-    with FeatureStore(path, "a", model="m", conf={{}}, conf_hash="h", flush_every=2) as store:
+    with FeatureStore(path, "a", model="m", conf={}, conf_hash="h", flush_every=2) as store:
         for name in names:
             if name not in store:
                 store.put(name, features_for(name))
@@ -41,9 +40,10 @@ WRITER = textwrap.dedent("""
 
 
 def run_writers(path, name_lists):
-    script = WRITER.format(tests=os.path.dirname(__file__))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), *names], env=env,
+    # The writers import `features_for` from this module: its folder goes first on their path.
+    path_entries = [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in path_entries if p))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), *names], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for names in name_lists]
     return [(p.wait(timeout=120), *p.communicate()) for p in procs]
 
