@@ -37,14 +37,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from localfeat.hub import load_torch_checkpoint
-    from localfeat.train.adapters import get_adapter
+    from localfeat.registry import trainable
     from localfeat.train.config import resolve_config
     from localfeat.train.helpers import seed_all
     from localfeat.train.validation import evaluate_mma
 
     conf = resolve_config(yaml.safe_load((args.run_dir / "config.yaml").read_text()))
     v = conf["validation"]
-    adapter = get_adapter(conf["model"]["name"])
+    adapter = trainable(conf["model"]["name"])
     top_k = args.top_k or v["top_k"]
     sizes = args.resize_max if args.resize_max else [v["resize_max"]]
     seed_all(int(conf["seed"]))

@@ -82,3 +82,11 @@ def load_weights(net: torch.nn.Module, spec: WeightSpec, override: Optional[str 
     net.eval()
     logger.info("%s: loaded %s", model, path)
     return path
+
+
+def training_weights(spec: WeightSpec, weights: Optional[str | os.PathLike]) -> Optional[Path]:
+    """The file a training model config's `weights` names: None (from scratch: no file), 'official' (the file
+    of `spec`, found and verified) or a path."""
+    if weights is None:
+        return None
+    return find_weights(spec, override=None if weights == "official" else weights)

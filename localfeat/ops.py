@@ -52,6 +52,11 @@ def image_to_tensor(image: np.ndarray, device=None, mean=None, std=None) -> torc
     return t.to(device) if device is not None else t
 
 
+def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(images - mean) / std per channel of a batch (B, C, H, W) of values in [0, 1] (ImageNet's by default)."""
+    return (images - images.new_tensor(mean).view(1, -1, 1, 1)) / images.new_tensor(std).view(1, -1, 1, 1)
+
+
 def max_filter_nms(scores: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
     """Boolean mask (B, 1, H, W) of pixels equal to the max of their kernel_size x kernel_size window.
 

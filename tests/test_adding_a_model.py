@@ -105,3 +105,56 @@ def test_the_example_checks_its_config_and_loads_strictly(tinynet, tmp_path):
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match=r"wrong.pth: not compatible with tinynet \(missing keys"):
         registry.load_extractor("tinynet", weights=str(tmp_path / "wrong.pth"))
+
+
+def test_the_example_is_trainable_from_its_one_file(tinynet, tmp_path):
+    """The four hooks in the file make tinynet trainable: the trainer finds them through the registry, trains
+    two steps, and the saved weights are the trained ones and load in the extractor."""
+    from localfeat.train import resolve_config, train
+
+    cls, weights = tinynet
+    module = sys.modules[MODULE]
+    hooks = registry.trainable("tinynet")
+    assert (hooks.module, hooks.build, hooks.dense, hooks.save) == (MODULE, module.train_build,
+                                                                     module.train_dense, module.train_save)
+    assert "tinynet" in registry.trainable_models()
+    conf = {"model": {"name": "tinynet"}, "losses": {"ap": 1.0, "distinctiveness": 1.0}, "steps": 2,
+            "batch_size": 1, "checkpoint_every": 2, "log_every": 1, "tensorboard": False, "amp": False,
+            "data": {"crop_size": 32, "base_size": 64, "num_workers": 0,
+                     "images": str(shared("hpatches_subset", "v_dogman"))}}
+    assert resolve_config(conf)["model"] == {"name": "tinynet", "weights": None}
+    with pytest.raises(registry.ConfigError, match=r"unknown config key\(s\) \['variant'\]"):
+        resolve_config({**conf, "model": {"name": "tinynet", "variant": "v1"}})
+    # the dense outputs: shapes, ranges, the luminance the extractor's gray input gives
+    torch.manual_seed(0)
+    net = hooks.build({"weights": None})
+    rgb = torch.rand(2, 3, 16, 24)
+    out = hooks.dense(net, rgb)
+    gray = 0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:]
+    scores, desc = net(gray)
+    assert out["stride"] == 1 and out["scores"].shape == (2, 1, 16, 24) and out["descriptors"].shape == (2, 8, 16, 24)
+    torch.testing.assert_close(out["scores"], scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["descriptors"], desc, rtol=1e-5, atol=1e-6)
+
+    run = train(conf, tmp_path / "run")
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    torch.manual_seed(0)
+    init = hooks.build({"weights": None}).state_dict()
+    assert ck["step"] == 2 and any(not torch.equal(init[k], ck["model"][k]) for k in init)
+    ex = registry.load_extractor("tinynet", weights=str(run / "weights.pt"), device="cpu")
+    assert ex.weights_path == run / "weights.pt"
+    assert ex.net.state_dict().keys() == ck["model"].keys()
+    assert all(torch.equal(ex.net.state_dict()[k], ck["model"][k]) for k in ck["model"])
+    # weights= a file resumes training from it (the same tensors)
+    again = hooks.build({"weights": str(run / "weights.pt")})
+    assert all(torch.equal(again.state_dict()[k], ck["model"][k]) for k in ck["model"])
+
+
+def test_partial_training_hooks_are_an_error_naming_the_missing_ones(tinynet, monkeypatch):
+    module = sys.modules[MODULE]
+    monkeypatch.delattr(module, "train_save")
+    monkeypatch.setattr(registry, "_TABLES", {"extractor": {}, "matcher": {}, "trainable": {}})
+    monkeypatch.setattr(registry, "_DISCOVERED", False)
+    monkeypatch.setitem(sys.modules, MODULE, module)
+    with pytest.raises(RuntimeError, match=r"tinynet defines the training hook\(s\) .* but not \['train_save'\]"):
+        registry.trainable("tinynet")

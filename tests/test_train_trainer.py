@@ -17,9 +17,8 @@ import yaml
 from conftest import REPO
 
 import localfeat
-from localfeat.registry import ConfigError
+from localfeat.registry import ConfigError, trainable
 from localfeat.train import list_presets, resolve_config, resume, train
-from localfeat.train.adapters import get_adapter
 from localfeat.train.trainer import Trainer, TrainError, evaluate_mma
 
 TINY = {"steps": 2, "batch_size": 1, "checkpoint_every": 2, "log_every": 1, "data.crop_size": 32,
@@ -103,7 +102,7 @@ def test_each_loss_family_trains_a_few_steps(tmp_path, model, conf):
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == 2
     # the trained weights differ from the initial ones
-    adapter = get_adapter(model)
+    adapter = trainable(model)
     torch.manual_seed(1)
     init = adapter.build(resolve_config({**conf}, overrides)["model"]).state_dict()
     assert any(not torch.equal(init[k], ck["model"][k]) for k in init if init[k].dtype.is_floating_point)
@@ -170,7 +169,7 @@ def test_freeze_named_parts(tmp_path):
     run = train(conf, tmp_path / "run", TINY)
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     torch.manual_seed(0)
-    init = get_adapter("r2d2").build(resolve_config(conf, TINY)["model"]).state_dict()
+    init = trainable("r2d2").build(resolve_config(conf, TINY)["model"]).state_dict()
     assert torch.equal(ck["model"]["ops.0.weight"], init["ops.0.weight"])
     assert not torch.equal(ck["model"]["ops.6.weight"], init["ops.6.weight"])
     with pytest.raises(ConfigError, match="matches no parameter"):
@@ -183,7 +182,7 @@ def test_models_start_from_official_weights():
     from localfeat.extractors._r2d2_nets import load_network
 
     conf = resolve_config({"model": {"name": "r2d2", "weights": "official", "mchan": 4}})
-    net = get_adapter("r2d2").build(conf["model"])
+    net = trainable("r2d2").build(conf["model"])
     from localfeat.extractors.alike import WEIGHTS as ALIKE_WEIGHTS
     from localfeat.extractors.r2d2 import WEIGHTS as R2D2_WEIGHTS
 
@@ -193,9 +192,9 @@ def test_models_start_from_official_weights():
     assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
     assert net.training
     with pytest.raises(ConfigError, match="hold Fast_Quad_L2Net_ConfCFS"):
-        get_adapter("r2d2").build(resolve_config({"model": {"name": "r2d2", "weights": "official",
+        trainable("r2d2").build(resolve_config({"model": {"name": "r2d2", "weights": "official",
                                                             "arch": "Quad_L2Net_ConfCFS"}})["model"])
-    alike = get_adapter("alike").build(resolve_config({"model": {"name": "alike", "variant": "alike-t",
+    alike = trainable("alike").build(resolve_config({"model": {"name": "alike", "variant": "alike-t",
                                                                  "weights": "official"}})["model"])
     ref_state = hub.load_torch_checkpoint(hub.find_weights(ALIKE_WEIGHTS["alike-t"]))
     assert set(alike.state_dict()) == set(ref_state)
@@ -206,9 +205,9 @@ def test_every_trainable_model_is_known_without_extra_imports():
     import subprocess
     import sys
 
-    code = ("from localfeat.train.adapters import get_adapter; "
+    code = ("from localfeat.registry import trainable; "
             "print(sorted(n for n in ('r2d2', 'alike', 'disk', 'd2net', 'multilevel_attention') "
-            "if get_adapter(n).name == n))")
+            "if trainable(n).name == n))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['alike', 'd2net', 'disk', 'multilevel_attention', 'r2d2']"
 

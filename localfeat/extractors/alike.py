@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hub
+from ..checkpoints import training_weights
+from ..config import ConfigError
+from ..io.atomic import torch_save_atomic
 from ..ops import image_to_tensor, l2_normalize
 from ..types import Features
 from ._dkd import AlikeFamily, detect_keypoints
@@ -269,3 +272,31 @@ def sample_normalized_bilinear(read: Callable, grid: torch.Tensor, size_wh: tupl
     vec = vec.view(4, len(grid), vec.shape[-1])
     wgt = torch.stack([(1 - lx) * (1 - ly), lx * (1 - ly), (1 - lx) * ly, lx * ly])[..., None]
     return (vec * wgt).sum(0)
+
+
+# ------------------------------------------------------------------------------------------ training
+TRAIN_DEFAULTS = {"variant": "alike-t", "weights": None}
+
+
+def train_build(conf: dict) -> ALNet:
+    """The ALNet of conf['variant'], from scratch or from conf['weights'] ('official' or a state_dict path)."""
+    if conf["variant"] not in ALIKE_CONFIGS:
+        raise ConfigError(f"model.variant {conf['variant']!r} is not one of {sorted(ALIKE_CONFIGS)}")
+    net = ALNet(**ALIKE_CONFIGS[conf["variant"]])
+    path = training_weights(WEIGHTS[conf["variant"]], conf["weights"])
+    if path is not None:
+        net.load_state_dict(hub.load_torch_checkpoint(path), strict=True)
+    return net
+
+
+def train_dense(net: ALNet, images: torch.Tensor) -> dict:
+    """images (B, 3, H, W) RGB in [0, 1] -> 'descriptors' (B, D, H, W) L2-normalised, 'scores' (B, 1, H, W),
+    stride 1."""
+    h, w = images.shape[-2:]
+    scores, desc = net(pad_to_multiple(images, 32))
+    return {"descriptors": l2_normalize(desc[..., :h, :w], dim=1), "scores": scores[..., :h, :w], "stride": 1}
+
+
+def train_save(net: ALNet, conf: dict, path) -> None:
+    """The state_dict, as the release (`load_extractor('alike', variant=..., weights=path)` loads it)."""
+    torch_save_atomic(net.state_dict(), path)

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from .. import hub
 from ..io.images import map_keypoints_to_original
 from ..registry import ConfigError
-from ..checkpoints import load_weights
+from ..checkpoints import load_strict, load_weights, state_dict_from_file, training_weights
+from ..io.atomic import torch_save_atomic
+from ..ops import l2_normalize
 from ..types import Features
 from .base import Extractor
 
@@ -314,3 +316,31 @@ class D2Net(Extractor):
             order = np.argsort(-scores, kind="stable")[: self.conf["max_keypoints"]]
             xy, scores, desc = xy[order], scores[order], desc[order]
         return Features(xy, scores, desc, (w, h))
+
+
+# ------------------------------------------------------------------------------------------ training
+TRAIN_DEFAULTS = {"weights": None}
+
+
+def train_build(conf: dict) -> D2NetModel:
+    """The stride-8 VGG trunk without the final ReLU (as D2-Net trains), from scratch or from conf['weights']
+    ('official' = d2_tf, or a path); the weights load in the test-time trunk."""
+    net = D2NetModel("train", use_relu=False)
+    path = training_weights(WEIGHTS["d2_tf"], conf["weights"])
+    if path is not None:
+        load_strict(net, state_dict_from_file(path, entries=("model",), allowed_globals=[argparse.Namespace]),
+                    path, "D2-Net")
+    return net
+
+
+def train_dense(net: D2NetModel, images: torch.Tensor) -> dict:
+    """images (B, 3, H, W) RGB in [0, 1] -> caffe preprocessing -> 'descriptors' (B, 512, h, w) L2-normalised,
+    'features' (B, 512, h, w) raw (soft detection), stride 8."""
+    x = images.flip(1) * 255.0 - images.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    feats = net(x)
+    return {"descriptors": l2_normalize(feats, dim=1), "features": feats, "stride": 8}
+
+
+def train_save(net: D2NetModel, conf: dict, path) -> None:
+    """{'model': state_dict}, the release's layout."""
+    torch_save_atomic({"model": net.state_dict()}, path)

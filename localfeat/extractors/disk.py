@@ -33,7 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import hub
-from ..checkpoints import load_weights
+from ..checkpoints import load_strict, load_weights, state_dict_from_file, training_weights
+from ..io.atomic import torch_save_atomic
 from ..io.images import map_keypoints_to_original
 from ..ops import argmax_pool_nms, image_to_tensor, l2_normalize, resize_long_side, strict_maxima
 from ..registry import ConfigError
@@ -262,3 +263,29 @@ class DISK(Extractor):
         d = l2_normalize(desc[0][:, xy[:, 1], xy[:, 0]].t())
         kpts = map_keypoints_to_original(xy.float().cpu().numpy(), factors)
         return Features(kpts, scores.cpu().numpy(), d.cpu().numpy(), (w, h))
+
+
+# ------------------------------------------------------------------------------------------ training
+TRAIN_DEFAULTS = {"weights": None}
+
+
+def train_build(conf: dict) -> DiskNet:
+    """The DISK network, from scratch or from conf['weights'] ('official' = the depth release, or a path)."""
+    net = DiskNet()
+    path = training_weights(WEIGHTS["depth"], conf["weights"])
+    if path is not None:
+        load_strict(net, state_dict_from_file(path, entries=("extractor", "disk")), path, "DISK")
+    return net
+
+
+def train_dense(net: DiskNet, images: torch.Tensor) -> dict:
+    """images (B, 3, H, W) RGB in [0, 1] -> 'descriptors' (B, 128, H, W) L2-normalised, 'logits' (B, 1, H, W),
+    stride 1."""
+    h, w = images.shape[-2:]
+    desc, logits = net(pad_to_multiple(images))
+    return {"descriptors": l2_normalize(desc[..., :h, :w], dim=1), "logits": logits[..., :h, :w], "stride": 1}
+
+
+def train_save(net: DiskNet, conf: dict, path) -> None:
+    """{'extractor': state_dict}, the release's layout."""
+    torch_save_atomic({"extractor": net.state_dict()}, path)

@@ -29,8 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import hub
+from ..io.atomic import torch_save_atomic
 from ..ops import (IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, iterative_max_pool_nms, l2_normalize,
-                   pixel_to_grid, sample_dense, top_k_indices)
+                   normalize_images, pixel_to_grid, sample_dense, top_k_indices)
 from ..registry import ConfigError
 from ..types import Features
 from ._resnet import LAYER_NAMES, LAYER_STRIDES, ResNet, truncate
@@ -184,3 +185,32 @@ class MultiLevelAttention(Extractor):
             parts.append(l2_normalize(sample_dense(e, grid)[0], dim=1))
         desc = l2_normalize(torch.cat(parts, 1), dim=1)
         return Features(kp.cpu().numpy(), sc[keep].float().cpu().numpy(), desc.float().cpu().numpy(), (w, h))
+
+
+# ------------------------------------------------------------------------------------------ training
+# `localfeat.train.multilevel_attention` holds the CPU preset and the auto-encoder pre-training.
+TRAIN_DEFAULTS = {"arch": "resnet18", "levels": ["layer1", "layer2", "layer3"], "weights": None,
+                  "backbone_weights": None}
+
+
+def train_build(conf: dict) -> MultiLevelAttentionNet:
+    """The network of conf['arch'] / conf['levels'], from conf['weights'] (a state_dict file), else with the
+    backbone of conf['backbone_weights'] (a torchvision ImageNet file or 'imagenet'), else from scratch."""
+    net = MultiLevelAttentionNet(conf["arch"], tuple(conf["levels"]))
+    if conf["weights"] is not None:
+        net.load_state_dict(hub.load_torch_checkpoint(conf["weights"]), strict=True)
+    elif conf["backbone_weights"] is not None:
+        load_backbone_from_conf(net, conf)
+    return net
+
+
+def train_dense(net: MultiLevelAttentionNet, images: torch.Tensor) -> dict:
+    """images (B, 3, H, W) RGB in [0, 1] -> 'descriptors' (B, 192, H, W), 'scores' (B, 1, H, W)
+    = a / (1 + a) of the combined attention a, stride 1."""
+    d = net.dense(normalize_images(images))
+    return {"descriptors": d["descriptors"], "scores": d["scores"], "stride": 1}
+
+
+def train_save(net: MultiLevelAttentionNet, conf: dict, path) -> None:
+    """The state_dict (the file `load_extractor('multilevel_attention', weights=path)` loads), atomically."""
+    torch_save_atomic(net.state_dict(), path)

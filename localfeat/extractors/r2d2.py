@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import hub
-from ..ops import IMAGENET_MEAN, IMAGENET_STD, image_pyramid, image_to_tensor, max_filter_nms, tile_windows, \
-    top_k_indices
+from ..checkpoints import training_weights
+from ..io.atomic import torch_save_atomic
+from ..ops import IMAGENET_MEAN, IMAGENET_STD, image_pyramid, image_to_tensor, l2_normalize, max_filter_nms, \
+    normalize_images, tile_windows, top_k_indices
 from ..registry import ConfigError, check_choice
 from ..types import Features
-from ._r2d2_nets import load_network
+from ._r2d2_nets import ARCHITECTURES, R2D2Net, load_network, parse_net_string
 from .base import Extractor
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class R2D2(Extractor):
 
     name = "r2d2"
     input_mode = "rgb"
+    precision_in_model = True  # precision='bf16' is the bf16 trunk below, not the base class's autocast
     conf_aliases = {"top_k": "max_keypoints"}
     default_conf = {
         "variant": "r2d2_WASF_N16",
@@ -250,3 +253,45 @@ class R2D2(Extractor):
                 m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
             maps[key] = np.ascontiguousarray(m, np.float32)
         return maps
+
+
+# ------------------------------------------------------------------------------------------ training
+# R2D2 / Fast-R2D2 of any width; 'variant' names the official file that weights='official' starts from.
+TRAIN_DEFAULTS = {"arch": "Fast_Quad_L2Net_ConfCFS", "dim": 128, "mchan": 4, "relu22": False, "weights": None,
+                  "variant": "faster2d2_WASF_N16"}
+
+
+def _net_string(conf: dict) -> str:
+    args = f"dim={int(conf['dim'])}, mchan={int(conf['mchan'])}, relu22={bool(conf['relu22'])}"
+    return f"{conf['arch']}({args})"
+
+
+def train_build(conf: dict) -> R2D2Net:
+    """The network of `conf` (arch, dim, mchan, relu22), from scratch or from conf['weights'] ('official' = the
+    file of conf['variant'], or a path), in training mode; a file holding another network is a ConfigError."""
+    arch, kwargs = parse_net_string(_net_string(conf))  # validates arch and widths
+    path = training_weights(WEIGHTS[conf["variant"]], conf["weights"])
+    if path is None:
+        return R2D2Net(arch, **kwargs)
+    net, net_string = load_network(path)
+    file_arch, file_kwargs = parse_net_string(net_string)
+    wanted = {"arch": conf["arch"], "dim": conf["dim"], "mchan": conf["mchan"], "relu22": conf["relu22"]}
+    found = {"arch": file_arch, **{k: file_kwargs.get(k, d) for k, (_, d) in ARCHITECTURES[file_arch].items()
+                                  if k in wanted}}
+    if any(found[k] != wanted[k] for k in wanted):
+        raise ConfigError(f"model weights {path} hold {net_string}, but the model config asks for {wanted}; "
+                          f"set model.arch/dim/mchan/relu22 to {found}")
+    return net.train()
+
+
+def train_dense(net: R2D2Net, images: torch.Tensor) -> dict:
+    """images (B, 3, H, W) RGB in [0, 1] -> 'descriptors' (B, D, H, W) L2-normalised, 'reliability' and
+    'repeatability' (B, 1, H, W), stride 1."""
+    out = net(normalize_images(images))
+    return {"descriptors": l2_normalize(out["features"], dim=1), "reliability": out["reliability"],
+            "repeatability": out["repeatability"], "stride": 1}
+
+
+def train_save(net: R2D2Net, conf: dict, path) -> None:
+    """{'net': net string, 'state_dict'}: the release's layout (this extractor and the original code read it)."""
+    torch_save_atomic({"net": _net_string(conf), "state_dict": net.state_dict()}, path)

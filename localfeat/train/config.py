@@ -11,7 +11,7 @@ from typing import Optional
 import yaml
 
 from ..config import ConfigError, parse_conf_items
-from .adapters import get_adapter
+from ..registry import trainable
 from .losses import build_loss
 
 DEFAULT_CONFIG = {
@@ -130,8 +130,7 @@ def resolve_config(source: str | os.PathLike | dict, overrides: Optional[dict] =
         model = {"name": model}
     if not isinstance(model, dict) or "name" not in model:
         raise ConfigError(f"config.model must be NAME or {{name: NAME, ...}}, got {conf['model']!r}")
-    adapter = get_adapter(model["name"])
-    conf["model"] = {"name": model["name"], **adapter.resolve(model)}
+    conf["model"] = {"name": model["name"], **trainable(model["name"]).resolve(model)}
     build_loss(conf["losses"])  # validates names and keys
     for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
         v = conf[key]

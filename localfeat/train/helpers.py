@@ -1,5 +1,5 @@
 """What a training run needs besides the model: seeding and every random state (for exact resumes),
-the learning-rate schedule and the optimiser."""
+the learning-rate schedule, the optimiser and frozen parameters."""
 from __future__ import annotations
 
 import random
@@ -61,3 +61,20 @@ def build_optimizer(conf: dict, params):
     if o["name"] == "sgd":
         return torch.optim.SGD(params, lr=o["lr"], weight_decay=o["weight_decay"], momentum=0.9)
     raise ConfigError(f"config.optimizer.name {o['name']!r} is not one of adam, adamw, sgd")
+
+
+def freeze(net: torch.nn.Module, prefixes) -> list[str]:
+    """Set requires_grad=False on the parameters whose name starts with one of `prefixes`; returns
+    the frozen names. A prefix matching no parameter is an error naming the parameter groups."""
+    names = [n for n, _ in net.named_parameters()]
+    frozen = []
+    for prefix in prefixes or []:
+        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            tops = sorted({n.split(".")[0] for n in names} | {".".join(n.split(".")[:2]) for n in names})
+            raise ConfigError(f"freeze: {prefix!r} matches no parameter; parameter groups: {tops[:30]}")
+        frozen += hits
+    for n, p in net.named_parameters():
+        if n in frozen:
+            p.requires_grad_(False)
+    return sorted(set(frozen))

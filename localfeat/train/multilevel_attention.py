@@ -5,10 +5,8 @@ scenes, any of its losses: the distinctiveness loss with its peakiness term, D2-
     train("runs/mla", overrides={"steps": 300})          # CPU preset: resnet18, distinctiveness + d2net
     localfeat.load_extractor("multilevel_attention", arch="resnet18", weights="runs/mla/weights.pt")
 
-Importing this module registers the trainer adapter 'multilevel_attention' (the trainer's own adapters module is
-not edited): `build` (optionally from a state_dict file or with torchvision ImageNet weights in the backbone),
-`dense` (the network's dense outputs at input resolution: 'descriptors' (B, 192, H, W), 'scores' (B, 1, H, W)
-= attention / (1 + attention), stride 1), `save` (the state_dict the extractor loads).
+The model's training hooks (build, dense outputs, save) live in its module,
+`localfeat.extractors.multilevel_attention`, like every trainable model's; this module adds the CPU preset, and
 `pretrain_autoencoder` fits the 1x1 encoders/decoders to reconstruct the backbone features (MSE) before the
 attention training, as an option.
 """
@@ -21,18 +19,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..extractors.multilevel_attention import MultiLevelAttentionNet
+from ..extractors.multilevel_attention import TRAIN_DEFAULTS, MultiLevelAttentionNet
 from ..io.atomic import torch_save_atomic
-from .adapters import Adapter, _normalise, register
+from ..ops import normalize_images
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = {"arch": "resnet18", "levels": ["layer1", "layer2", "layer3"], "weights": None,
-                 "backbone_weights": None}
-
 # A CPU preset (minutes): small crops, distinctiveness (+ its peakiness term) and D2-Net's descriptor loss.
 CPU_PRESET = {
-    "model": {"name": "multilevel_attention", **DEFAULT_MODEL},
+    "model": {"name": "multilevel_attention", **TRAIN_DEFAULTS},
     "steps": 300,
     "batch_size": 4,
     "data": {"crop_size": 128, "base_size": 256, "num_workers": 0},
@@ -47,33 +42,9 @@ CPU_PRESET = {
 }
 
 
-def _build(conf: dict) -> MultiLevelAttentionNet:
-    net = MultiLevelAttentionNet(conf["arch"], tuple(conf["levels"]))
-    if conf["weights"] is not None:
-        from ..hub import load_torch_checkpoint
-
-        net.load_state_dict(load_torch_checkpoint(conf["weights"]), strict=True)
-    elif conf["backbone_weights"] is not None:
-        from ..extractors.delf import load_backbone_from_conf
-
-        load_backbone_from_conf(net, conf)
-    return net
-
-
-def _dense(net: MultiLevelAttentionNet, images: torch.Tensor) -> dict:
-    d = net.dense(_normalise(images))
-    return {"descriptors": d["descriptors"], "scores": d["scores"], "stride": 1}
-
-
-ADAPTER = register(Adapter(
-    "multilevel_attention", dict(DEFAULT_MODEL), _build, _dense,
-    lambda net, conf, path: torch_save_atomic(net.state_dict(), path),
-    lambda conf: {"arch": conf["arch"], "levels": list(conf["levels"])}))
-
-
 def train(run_dir, config: Optional[dict] = None, overrides: Optional[dict] = None, dataset=None,
           overwrite: bool = False) -> Path:
-    """`localfeat.train.trainer.train` with the CPU preset (or `config`) and this model's adapter registered."""
+    """`localfeat.train.trainer.train` with the CPU preset (or `config`)."""
     from .trainer import train as _train
 
     return _train(config or CPU_PRESET, run_dir, overrides=overrides, dataset=dataset, overwrite=overwrite)
@@ -101,7 +72,7 @@ def pretrain_autoencoder(net: MultiLevelAttentionNet, images, steps: int = 100, 
         s = min(min(c.shape[:2]) for c in crops)
         batch = torch.from_numpy(np.stack([c[:s, :s] for c in crops])).permute(0, 3, 1, 2).float().div(255)
         with torch.no_grad():
-            feats = net.backbone(_normalise(batch.to(device)), outputs=tuple(net.levels))
+            feats = net.backbone(normalize_images(batch.to(device)), outputs=tuple(net.levels))
         loss = torch.stack([torch.nn.functional.mse_loss(d(e(feats[lv])), feats[lv]) for lv, e, d in
                             zip(net.levels, net.encoders, net.decoders)]).mean()
         opt.zero_grad(set_to_none=True)
@@ -117,4 +88,4 @@ def save(net: MultiLevelAttentionNet, path) -> Path:
     return path
 
 
-__all__ = ["train", "pretrain_autoencoder", "CPU_PRESET", "ADAPTER", "save"]
+__all__ = ["train", "pretrain_autoencoder", "CPU_PRESET", "save"]

@@ -35,9 +35,9 @@ import yaml
 
 from ..config import ConfigError
 from ..io.atomic import torch_save_atomic, write_text_atomic
-from .adapters import freeze, get_adapter
+from ..registry import trainable
 from .config import DEFAULT_CONFIG, TrainError, list_presets, parse_overrides, resolve_config  # noqa: F401
-from .helpers import build_optimizer, lr_factor, rng_state, seed_all, set_rng_state
+from .helpers import build_optimizer, freeze, lr_factor, rng_state, seed_all, set_rng_state
 from .losses import build_loss
 from .pairs import HomographyConf, HomographyPairs, make_loader
 from .runlog import CsvLog, plot_curves, truncate_csv
@@ -57,7 +57,7 @@ class Trainer:
     def __init__(self, conf: dict, run_dir, dataset=None):
         self.conf = conf
         self.run_dir = Path(run_dir)
-        self.adapter = get_adapter(conf["model"]["name"])
+        self.adapter = trainable(conf["model"]["name"])  # the model module's training hooks
         from ..ops import resolve_device
 
         self.device = resolve_device(conf["device"])

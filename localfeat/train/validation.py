@@ -1,5 +1,6 @@
 """Validation during training: the network being trained, single scale, on an HPatches-format folder
-(MMA with the evaluation's metrics: `localfeat.eval.metrics`)."""
+(MMA with the evaluation's metrics: `localfeat.eval.metrics`). `adapter` below is the model's
+`localfeat.registry.Trainable` (its training hooks)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .adapters import detection_and_descriptors
+
+def detection_and_descriptors(out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A keypoint-score map (B, 1, h, w) and the descriptors (B, D, h, w) of dense outputs, for
+    validation: R2D2 reliability x repeatability; else scores / sigmoid(logits) / D2-Net soft scores."""
+    if "reliability" in out and "repeatability" in out:
+        return out["reliability"] * out["repeatability"], out["descriptors"]
+    if "scores" in out:
+        return out["scores"], out["descriptors"]
+    if "logits" in out:
+        return torch.sigmoid(out["logits"]), out["descriptors"]
+    from ..extractors.d2net import soft_detection_scores
+
+    return soft_detection_scores(out["features"])[:, None], out["descriptors"]
 
 
 @torch.no_grad()

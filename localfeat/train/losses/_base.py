@@ -1,7 +1,8 @@
 """What every training loss shares: a strict config, the dense outputs it needs, flows at map resolution.
 
 A loss is called as ``loss(out0, out1, batch, step)``:
-  out0, out1: the dense outputs of the two images (see `localfeat.train.adapters`): dicts holding
+  out0, out1: the dense outputs of the two images (the `train_dense` hook of the model's module, see
+              `localfeat.registry.Trainable`): dicts holding
               'descriptors' (B, D, h, w) L2-normalised over D, and depending on the model
               'reliability', 'repeatability', 'scores' (B, 1, h, w) in [0, 1], 'logits' (B, 1, h, w),
               'features' (B, C, h, w) raw, and 'stride' (int, input pixels per map pixel).

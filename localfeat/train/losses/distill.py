@@ -60,9 +60,9 @@ class Teacher:
             self.extractor = load_extractor(name, **{**conf, "device": str(device)})
             self.key = f"{name}:{self.extractor.conf_hash}:grid={self.grid}"
         else:
-            from ..adapters import get_adapter
+            from ...registry import trainable
 
-            self.adapter = get_adapter(name)
+            self.adapter = trainable(name)
             model_conf = self.adapter.resolve({"weights": "official", **conf})
             self.net = self.adapter.build(model_conf).to(device).eval()
             for p in self.net.parameters():
@@ -94,7 +94,7 @@ class Teacher:
                 desc = self.extractor.net.desc_head(fmap.contiguous(), [grid01] * b)
             desc = torch.stack(desc).transpose(1, 2).reshape(b, -1, h // g, w // g)
             return scores.clone().float(), desc.clone().float()
-        from ..adapters import detection_and_descriptors
+        from ..validation import detection_and_descriptors
 
         out = self.adapter.dense(self.net, images)
         scores, dense = detection_and_descriptors(out)
