@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
+import localfeat
 from localfeat.cli import main as cli_main
 from localfeat.eval.invariance import (AXES, evaluate_pair, load_photos, make_pair, run_sweeps,
                                        write_outputs)
@@ -126,7 +128,63 @@ def test_cli_eval_invariance(tmp_path, capsys):
     assert [r["value"] for r in data["sift"]["noise"]] == [0.0, 10.0]
     assert data["sift"]["noise"][0]["mma"]["3"] == pytest.approx(1.0)
     assert "noise" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("sift__noise__*.json"))) == 1   # cached beside the results
     with pytest.raises(SystemExit):
         cli_main(["eval", "invariance", "--help"])
     assert "example:" in capsys.readouterr().out and set(AXES) == {"rotation", "scale", "tilt", "illumination",
                                                                    "blur", "noise"}
+
+
+def test_sweeps_share_the_evaluation_cache(tmp_path, monkeypatch):
+    """Results are cached per (model, axis) with the evaluation cache of HPatches and pose: a second run renders
+    nothing and gives equal results; a changed step list, top_k or model config misses; another axis reuses."""
+    import localfeat.eval.invariance as inv
+    from localfeat.eval.cache import cache_path
+
+    rendered = []
+    make = inv.make_pair
+
+    def counting(*args, **kwargs):
+        rendered.append(args[1])
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(inv, "make_pair", counting)
+    kw = dict(axes=["noise"], steps={"noise": [0, 10]}, size=120, max_photos=1, progress=False, top_k=300)
+    cache = tmp_path / "cache"
+    first = run_sweeps(["sift"], cache_dir=cache, **kw)
+    assert rendered == ["noise", "noise"]
+    files = sorted(cache.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("sift__noise__")
+    entry = json.loads(files[0].read_text())
+    assert entry["identity"]["config_hash"] == localfeat.load_extractor("sift").conf_hash
+    assert entry["identity"]["steps"] == [0.0, 10.0] and entry["identity"]["settings"]["top_k"] == 300
+    # the evaluation cache's naming: <method>__<config hash>__<dataset fingerprint>.json
+    method, key, fingerprint = re.fullmatch(r"(sift__noise)__([0-9a-f]{16})__([0-9a-f]{32})\.json",
+                                            files[0].name).groups()
+    assert cache_path(cache, method, key, fingerprint) == files[0]
+    # second run: a hit, equal results (the JSON round trip keeps every value)
+    rendered.clear()
+    second = run_sweeps(["sift"], cache_dir=cache, **kw)
+    assert rendered == [] and second == first
+    assert first["results"] == run_sweeps(["sift"], **kw)["results"]   # cached = computed without a cache
+    # changed settings miss: steps, top_k, the model's config
+    rendered.clear()
+    run_sweeps(["sift"], cache_dir=cache, **{**kw, "steps": {"noise": [0, 20]}})
+    assert rendered == ["noise", "noise"]
+    rendered.clear()
+    fewer = run_sweeps(["sift"], cache_dir=cache, **{**kw, "top_k": 20})
+    assert rendered == ["noise", "noise"] and fewer["results"] != first["results"]
+    rendered.clear()
+    run_sweeps(["sift:max_keypoints=100"], cache_dir=cache, **kw)
+    assert rendered == ["noise", "noise"] and len(list(cache.iterdir())) == 4
+    # another axis is computed, the cached one reused
+    rendered.clear()
+    both = run_sweeps(["sift"], cache_dir=cache, **{**kw, "axes": ["noise", "blur"],
+                                                   "steps": {"noise": [0, 10], "blur": [0, 2]}})
+    assert rendered == ["blur", "blur"] and both["results"]["sift"]["noise"] == first["results"]["sift"]["noise"]
+    # an entry written for another identity (edited by hand) is recomputed, not returned
+    edited = json.loads(files[0].read_text())
+    edited["identity"]["steps"] = [0.0, 99.0]
+    files[0].write_text(json.dumps(edited))
+    rendered.clear()
+    assert run_sweeps(["sift"], cache_dir=cache, **kw) == first and rendered == ["noise", "noise"]

@@ -124,7 +124,8 @@ def cmd_eval_invariance(args) -> int:
 
     axes = args.axis or list(AXES)
     run = run_sweeps(args.model, photos=args.photos, axes=axes, steps=_steps(args.steps), size=args.size,
-                     max_photos=args.max_photos, top_k=args.top_k)
+                     max_photos=args.max_photos, top_k=args.top_k,
+                     cache_dir=Path(args.cache_dir or args.output) / "cache")
     paths = write_outputs(run, args.output, plot=not args.no_plot)
     print(f"photos: {', '.join(run['settings']['photos'])} (max side {args.size} px)")
     for spec, per_axis in run["results"].items():
@@ -191,3 +192,5 @@ def register(sub, groups) -> None:
     p.add_argument("--max-photos", type=int, default=3, help="use the first N photos (default 3)")
     p.add_argument("--top-k", type=int, default=2000, help="keep the K best-scoring keypoints per image")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    p.add_argument("--cache-dir", default=None, help="where per-(model, axis) results are cached, in "
+                   "CACHE_DIR/cache (default: the output folder); a rerun with the same settings reuses them")

@@ -21,6 +21,13 @@ Per pair: mutual nearest neighbours on the descriptors, reprojection error of ea
 MMA@1/3/5 (fraction of matches with error <= t px), n_correct (matches within 3 px), n_matches,
 homography success (RANSAC homography whose mean corner error is <= 5 px). Per step the values are
 averaged over photos (and longitudes); n_correct is rounded to an integer.
+
+Cache (`run_sweeps(cache_dir=...)`, the CLI's --cache-dir): the evaluation cache of `localfeat.eval.cache`,
+as HPatches and pose use it: one JSON per (model spec, axis) named
+``<method>__<config hash>__<photos fingerprint>.json``, whose config hash covers the model's config hash and
+every setting of that axis (steps, size, top_k, border, longitudes for tilt, thresholds) and whose
+fingerprint is the digest of the photo files (names and bytes, in order). The file holds its identity and is
+reused only when the identity matches; anything else is recomputed.
 """
 from __future__ import annotations
 
@@ -53,6 +60,7 @@ DEFAULT_LONGITUDES = (0.0, 45.0, 90.0, 135.0)
 MMA_KEYS = (1, 3, 5)
 CORRECT_PX = 3
 HOMOGRAPHY_PX = 5.0
+CACHE_VERSION = 1   # bump when the rendering or the scoring of a pair changes
 
 
 # ------------------------------------------------------------------------------------------ pairs
@@ -195,16 +203,21 @@ def _mean_step(value, pairs: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ runner
-def load_photos(photos=None, size: int = 400, max_photos: Optional[int] = 3) -> list[tuple[str, np.ndarray]]:
-    """(name, RGB uint8 image scaled so that max(W, H) = size) of the sweep photos, sorted as listed."""
+def photo_paths(photos=None, max_photos: Optional[int] = 3) -> list[Path]:
+    """The files of the sweep photos (see `load_photos`), in order."""
     from ..datasets.synth import list_photos
-    from ..io.images import as_image_array
 
     paths = list_photos(photos)
     if not paths:
         raise FileNotFoundError(f"no photos found in {photos or 'the scikit-image data folder'}; give --photos DIR")
-    if max_photos is not None:
-        paths = paths[:max_photos]
+    return paths[:max_photos] if max_photos is not None else paths
+
+
+def load_photos(photos=None, size: int = 400, max_photos: Optional[int] = 3) -> list[tuple[str, np.ndarray]]:
+    """(name, RGB uint8 image scaled so that max(W, H) = size) of the sweep photos, sorted as listed."""
+    from ..io.images import as_image_array
+
+    paths = photo_paths(photos, max_photos)
     out = []
     for p in paths:
         img = as_image_array(p, "rgb")
@@ -217,16 +230,31 @@ def load_photos(photos=None, size: int = 400, max_photos: Optional[int] = 3) -> 
     return out
 
 
+def axis_identity(spec: str, model, axis: str, steps: Sequence[float], settings: dict,
+                  fingerprint: str) -> dict:
+    """What determines the results of one model along one axis (the cache identity): the spec, the model's
+    name, config and config hash, the axis and its steps, the settings that act on it, the photos."""
+    acting = {k: v for k, v in settings.items() if k not in ("photos", "steps", "longitudes")}
+    if axis == "tilt":
+        acting["longitudes"] = settings["longitudes"]
+    return {"method": spec, "model": model.name, "config": model.conf, "config_hash": model.conf_hash,
+            "axis": axis, "steps": [float(v) for v in steps], "settings": acting,
+            "photos": settings["photos"], "photos_fingerprint": fingerprint, "cache_version": CACHE_VERSION}
+
+
 def run_sweeps(models: Sequence[str], photos=None, axes: Sequence[str] = AXES, steps: Optional[dict] = None,
                size: int = 400, max_photos: Optional[int] = 3, longitudes: Sequence[float] = DEFAULT_LONGITUDES,
                top_k: Optional[int] = 2000, border: float = 4.0, extractors: Optional[dict] = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, cache_dir=None) -> dict:
     """Run the sweeps. models: SPECs ('NAME' or 'NAME:key=value,...'); `extractors` may give ready
-    extractor objects by SPEC. Returns {"settings": ..., "results": {spec: {axis: [step dicts]}},
+    extractor objects by SPEC. cache_dir: a folder of cached results per (model, axis) (see the module
+    docstring; None = no cache). Returns {"settings": ..., "results": {spec: {axis: [step dicts]}},
     "per_pair": {spec: {axis: [[pair dicts of the step]]}}}."""
     from tqdm import tqdm
 
+    from ..config import conf_hash
     from ..registry import load_extractor, load_matcher, parse_model_spec
+    from .cache import cache_path, digest_files, load_entry, write_entry
     from .hpatches import select_top_k
 
     steps = {a: list((steps or {}).get(a, DEFAULT_STEPS[a])) for a in axes}
@@ -234,6 +262,9 @@ def run_sweeps(models: Sequence[str], photos=None, axes: Sequence[str] = AXES, s
         if a not in AXES:
             raise ValueError(f"unknown axis {a!r}; use some of {AXES}")
     images = load_photos(photos, size, max_photos)
+    settings = {"photos": [n for n, _ in images], "size": size, "steps": steps, "longitudes": list(longitudes),
+                "top_k": top_k, "border": border, "correct_px": CORRECT_PX, "homography_px": HOMOGRAPHY_PX}
+    fingerprint = digest_files(photo_paths(photos, max_photos)) if cache_dir is not None else None
     # Pairs are rendered once and shared by all models.
     jobs = []
     for pi, (pname, img) in enumerate(images):
@@ -255,7 +286,19 @@ def run_sweeps(models: Sequence[str], photos=None, axes: Sequence[str] = AXES, s
             ext = load_extractor(name, **conf)
         feats_a = {}
         pairs: dict = {a: [[] for _ in steps[a]] for a in axes}
-        for pi, a, si, v, lon in tqdm(jobs, desc=spec, disable=None if progress else True):
+        entries = {}   # axis -> (identity, cache file) of the axes still to compute
+        if cache_dir is not None:
+            for a in axes:
+                identity = axis_identity(spec, ext, a, steps[a], settings, fingerprint)
+                path = cache_path(Path(cache_dir), f"{spec}__{a}", conf_hash("invariance", identity), fingerprint)
+                cached = load_entry(path, identity)
+                if cached is not None:
+                    pairs[a] = cached["pairs"]
+                    logger.info("invariance: %s %s from %s", spec, a, path)
+                else:
+                    entries[a] = (identity, path)
+        todo = [j for j in jobs if cache_dir is None or j[1] in entries]
+        for pi, a, si, v, lon in tqdm(todo, desc=spec, disable=None if progress else True):
             img = images[pi][1]
             if dense:
                 img_b, H = make_pair(img, a, v, lon, seed=1000 * pi + si)
@@ -268,11 +311,11 @@ def run_sweeps(models: Sequence[str], photos=None, axes: Sequence[str] = AXES, s
             img_b, H = make_pair(img, a, v, lon, seed=1000 * pi + si)
             fb = select_top_k(ext.extract(img_b), top_k)
             pairs[a][si].append(evaluate_pair(feats_a[pi], fb, H, border))
+        for a, (identity, path) in entries.items():
+            write_entry(path, identity, pairs=pairs[a])
         results[spec] = {a: [_mean_step(v, pairs[a][si]) for si, v in enumerate(steps[a])] for a in axes}
         per_pair[spec] = pairs
         logger.info("invariance: %s done", spec)
-    settings = {"photos": [n for n, _ in images], "size": size, "steps": steps, "longitudes": list(longitudes),
-                "top_k": top_k, "border": border, "correct_px": CORRECT_PX, "homography_px": HOMOGRAPHY_PX}
     return {"settings": settings, "results": results, "per_pair": per_pair}
 
 
