@@ -149,3 +149,33 @@ def resolve_pairs(args, names_from) -> list:
     if args.sequential:
         return sequential_pairs(names, args.sequential)
     return exhaustive_pairs(names)
+
+
+def add_engine_args(parser) -> None:
+    """--engine local|ray and the Ray engine's settings (read back with `engine_options`)."""
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="where the work runs: this process (local, default) or a Ray cluster (ray: shards "
+                             "on actors, merged into the same file; needs pip install 'localfeat[ray]'; "
+                             "see docs/scale.md)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="with --engine ray: join this cluster (HOST:PORT, auto, ray://HOST:10001); "
+                             "default: start a Ray on this machine for the run")
+    parser.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                        help="with --engine ray: number of workers (default: as many as the cluster fits)")
+    parser.add_argument("--ray-cpus", type=float, default=1.0, metavar="N",
+                        help="with --engine ray: CPUs per worker (default 1)")
+    parser.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                        help="with --engine ray: GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
+    parser.add_argument("--shard-size", type=int, default=None, metavar="N",
+                        help="with --engine ray: images (extract) or pairs (match) per shard (default 32 / 512)")
+
+
+def engine_options(args, unit: str = "images") -> dict | None:
+    """The Ray engine's options from `add_engine_args` (None for --engine local)."""
+    if args.engine != "ray":
+        return None
+    options = {"address": args.ray_address, "workers": args.ray_workers, "num_cpus": args.ray_cpus,
+               "num_gpus": args.ray_gpus}
+    if args.shard_size is not None:
+        options["shard_pairs" if unit == "pairs" else "shard_images"] = args.shard_size
+    return options

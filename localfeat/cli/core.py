@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .args import _merge_spec, add_command, add_matcher_args, add_model_args, add_pair_args, matcher_spec, \
-    model_spec, resolve_pairs
+from .args import _merge_spec, add_command, add_engine_args, add_matcher_args, add_model_args, add_pair_args, \
+    engine_options, matcher_spec, model_spec, resolve_pairs
 from .args import EXIT_PARTIAL
 
 DEFAULT_MAX_LINES = 300  # `view`: more lines than this hide the pictures they are drawn on
@@ -17,7 +17,8 @@ def cmd_extract(args) -> int:
 
     name, conf = model_spec(args)
     report = extract(args.images, args.output, model=name, conf=conf, on_error=args.on_error,
-                     overwrite=args.overwrite, root=args.root, layout=args.layout)
+                     overwrite=args.overwrite, root=args.root, layout=args.layout, engine=args.engine,
+                     engine_options=engine_options(args))
     print(f"extract -> {args.output}: {report.summary()}")
     return EXIT_PARTIAL if report.failed else 0
 
@@ -50,11 +51,13 @@ def cmd_match(args) -> int:
     from ..pipeline import match
 
     if args.model is not None:
+        if args.engine != "local":
+            raise ValueError("--engine ray runs `match features.h5`; detector-free matching (--model) runs locally")
         return cmd_match_images(args)
     name, conf = matcher_spec(args, conf_attr="conf")
     pairs = resolve_pairs(args, lambda: FeatureStore(args.features, mode="r").names())
     report = match(args.features, args.output, pairs, matcher=name, conf=conf or {}, overwrite=args.overwrite,
-                   layout=args.layout)
+                   layout=args.layout, engine=args.engine, engine_options=engine_options(args, "pairs"))
     print(f"match -> {args.output}: {report.summary()}")
     return EXIT_PARTIAL if report.failed else 0
 
@@ -210,6 +213,7 @@ def register(sub, groups) -> None:
     p.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                    help="bad image: skip it, report it and exit with code 3 at the end (default), or stop")
     p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
+    add_engine_args(p)
 
     p = add_command(sub, "match", "match image pairs of a FeatureStore into an HDF5 MatchStore, or (--model) "
                     "match images with a detector-free matcher (LoFTR, EfficientLoFTR, XFeat*)",
@@ -233,6 +237,7 @@ def register(sub, groups) -> None:
     p.add_argument("--layout", choices=["localfeat", "hloc"], default=None,
                    help="file layout of a new output: localfeat (default) or hloc (matches0 / matching_scores0)")
     p.add_argument("--overwrite", action="store_true", help="start the output from scratch")
+    add_engine_args(p)
 
     p = add_command(sub, "view", "draw keypoints of one image, or matches of two, with a title and a legend",
                     "localfeat view a.jpg b.jpg --features features.h5 --matches matches.h5 -o pair.png",

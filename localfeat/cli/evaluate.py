@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .args import add_command, add_matcher_args, add_model_args, matcher_spec, model_spec
+from .args import add_command, add_engine_args, add_matcher_args, add_model_args, engine_options, matcher_spec, \
+    model_spec
 
 EVAL_EXAMPLE = ("localfeat eval hpatches --root hpatches-sequences-release --model sift "
                 "--model aliked:variant=aliked-n16rot,max_keypoints=2048 --top-k 5000 -o out/hpatches "
@@ -28,7 +29,8 @@ def cmd_eval_hpatches(args) -> int:
         _eval_hpatches_detector_free(args, dense)
         if len(dense) == len(args.model or []) and not args.features:
             return 0
-    sources = [ExtractorSource(spec, max_size=args.max_size) for spec in args.model or [] if spec not in dense]
+    sources = [ExtractorSource(spec, max_size=args.max_size, engine=args.engine, engine_options=engine_options(args))
+               for spec in args.model or [] if spec not in dense]
     for item in args.features or []:
         label, path = parse_label(item)
         if path.is_dir():
@@ -165,6 +167,7 @@ def register(sub, groups) -> None:
     p.add_argument("--workers", type=int, default=None, help="threads over pairs (default: up to 2)")
     p.add_argument("--cache-dir", default=None, help="where features and per-pair results are cached "
                    "(default: the output folder)")
+    add_engine_args(p)  # extractors (--model) run on the engine; pairs are evaluated here (--workers)
 
     p = add_command(groups["eval"], "pose", "relative pose AUC@5/10/20 on pairs with ground-truth K and T_0to1",
                     "localfeat eval pose --pairs scannet_sample_pairs_with_gt.txt --images scannet/images "

@@ -84,6 +84,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     from ..config import ConfigError
+    from ..engines import EngineError
     from ..hub import WeightsNotFoundError
     from ..io.h5 import StoreError
     from ..io.images import ImageReadError
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except (ConfigError, WeightsNotFoundError, StoreError, ImageReadError, FileNotFoundError, ValueError,
-            TrainError) as exc:
+            TrainError, EngineError) as exc:
         print(f"localfeat {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RunInterrupted as exc:

@@ -44,12 +44,18 @@ class ExtractorSource(FeatureSource):
 
     Extracted features are kept in ``<work_dir>/features/<name>-<config hash>.h5`` with the content
     digest of each image beside it; an image whose content changed is extracted again.
-    `max_size` sets the extractor's `resize_max` unless the spec sets it.
+    `max_size` sets the extractor's `resize_max` unless the spec sets it. `engine` "ray" extracts on a Ray
+    cluster (`localfeat.engines.ray`, options in `engine_options`): the same features, so the same results.
     """
 
     kind = "extractor"
 
-    def __init__(self, spec: str, max_size: Optional[int] = None, conf: Optional[dict] = None):
+    def __init__(self, spec: str, max_size: Optional[int] = None, conf: Optional[dict] = None,
+                 engine: str = "local", engine_options=None):
+        from ..engines import check_engine
+
+        check_engine(engine)
+        self.engine, self.engine_options = engine, engine_options
         name, spec_conf = parse_model_spec(spec)
         spec_conf.update(conf or {})
         if max_size is not None and "resize_max" not in spec_conf:
@@ -94,6 +100,10 @@ class ExtractorSource(FeatureSource):
                 digest = dataset.file_digest(dataset.root / name)
                 if name not in store or digests.get(name) != digest:
                     todo.append((name, digest))
+        if self.engine != "local" and todo:
+            self._prepare_on_engine(dataset, todo, path, digests, digests_path)
+            return
+        with FeatureStore(path, mode="a", model=ext.name, conf=ext.conf, conf_hash=ext.conf_hash) as store:
             for i, (name, digest) in enumerate(tqdm(todo, desc=f"extract {self.label}", unit="img",
                                                      disable=None)):
                 store.put(name, ext.extract(str(dataset.root / name)))
@@ -101,6 +111,21 @@ class ExtractorSource(FeatureSource):
                 if i % 16 == 15:  # journal the features first, then record their digests
                     store.flush()
                     write_text_atomic(digests_path, json.dumps(digests, indent=0, sort_keys=True))
+        write_text_atomic(digests_path, json.dumps(digests, indent=0, sort_keys=True))
+        self._store = FeatureStore(path, mode="r")
+
+    def _prepare_on_engine(self, dataset, todo, path: Path, digests: dict, digests_path: Path) -> None:
+        """`prepare` on the Ray engine: the images `todo` ((name, digest)) extracted into `path`."""
+        from ..engines import run_engine_extract
+        from ..io.h5 import FeatureStore
+        from ..io.images import ImageReadError
+
+        report = run_engine_extract(self.engine, [(name, dataset.root / name) for name, _ in todo], path,
+                                    extractor=self.extractor, options=self.engine_options, recompute=True)
+        if report.failed:
+            raise ImageReadError(f"{self.label}: cannot extract {len(report.failed)} HPatches image(s): "
+                                 + "; ".join(f"{n}: {m}" for n, m in report.failed[:3]))
+        digests.update(dict(todo))
         write_text_atomic(digests_path, json.dumps(digests, indent=0, sort_keys=True))
         self._store = FeatureStore(path, mode="r")
 

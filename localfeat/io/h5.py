@@ -356,6 +356,16 @@ class _H5Store:
                 or time.monotonic() - self._last_flush >= self.flush_seconds):
             self.flush()
 
+    def copy_entry(self, source: "_H5Store", key: str) -> None:
+        """Add the entry `key` of the store `source` (same kind and layout) as it is stored: the same
+        arrays, dtypes and attributes, byte for byte (the Ray engine merges its shard files with it)."""
+        if source.kind != self.kind or source.layout != self.layout:
+            raise StoreError(f"cannot copy {key!r} from {source.path} ({source.kind}, {source.layout} layout) "
+                             f"into {self.path} ({self.kind}, {self.layout} layout)")
+        arrays, attrs = source._read_group(key, lambda arrays, attrs: (arrays, dict(attrs)))
+        attrs.pop("__file_attrs__", None)
+        self._put(key, arrays, attrs)
+
     @staticmethod
     def _write_entry(f: h5py.File, key: str, arrays: dict, attrs: dict) -> None:
         if key in f:
