@@ -283,6 +283,14 @@ def evaluate_pose(pairs_file: str | os.PathLike, images: str | os.PathLike, mode
     root = Path(images)
     if not root.is_dir():
         raise FileNotFoundError(f"--images {root}: not a folder")
+    missing = sorted({n for p in pairs for n in (p.name0, p.name1) if not (root / n).is_file()})
+    if missing:  # say so before hours of extraction, not at the first missing pair
+        hint = ("the MegaDepth pairs (e.g. MegaDepth-1500) name images below the MegaDepth root "
+                "(Undistorted_SfM/<scene>/images/, D2-Net's undistorted images): pass that root as --images"
+                if missing[0].startswith("Undistorted_SfM/")
+                else "the names in the pairs file are relative to --images")
+        raise FileNotFoundError(f"--images {root}: {len(missing)} of the images that {Path(pairs_file).name} names are "
+                                f"missing, e.g. {root / missing[0]}; {hint}")
     cache: dict = {}
 
     def features(name: str, rot: int):

@@ -24,6 +24,9 @@ DEFAULT_CONFIG = {
         "source": "homography",
         "images": None,
         "scenes": None,
+        "root": None,
+        "min_overlap": None,
+        "max_overlap": None,
         "occlusion_tolerance": 0.05,
         "crop_size": 192,
         "base_size": 384,
@@ -141,11 +144,15 @@ def resolve_config(source: str | os.PathLike | dict, overrides: Optional[dict] =
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ConfigError(f"config.{'data.' if key == 'pool' else ''}{key} must be None or a positive "
                               f"integer, got {v!r}")
-    if conf["data"]["source"] not in ("homography", "colmap_scenes"):
+    if conf["data"]["source"] not in ("homography", "colmap_scenes", "megadepth"):
         raise ConfigError(f"config.data.source {conf['data']['source']!r} is not 'homography' (data.images: a folder "
-                          "of photos) or 'colmap_scenes' (data.scenes: a dataset of `localfeat dataset from-colmap`)")
+                          "of photos), 'colmap_scenes' (data.scenes: a dataset of `localfeat dataset from-colmap`) "
+                          "or 'megadepth' (data.root: the MegaDepth folder, data.scenes: LoFTR or D2-Net index files)")
     if conf["data"]["source"] == "colmap_scenes" and not conf["data"]["scenes"]:
         raise ConfigError("config.data.source is 'colmap_scenes': set data.scenes to the dataset folder")
+    if conf["data"]["source"] == "megadepth" and not (conf["data"]["scenes"] and conf["data"]["root"]):
+        raise ConfigError("config.data.source is 'megadepth': set data.root to the MegaDepth folder (it holds "
+                          "Undistorted_SfM/ and phoenix/) and data.scenes to an index file, a folder of them or a list")
     return conf
 
 

@@ -286,10 +286,33 @@ class IndexRange(torch.utils.data.Sampler):
         return max(0, self.stop - self.start)
 
 
-def make_loader(dataset, batch_size: int, start_step: int, total_steps: int, num_workers: int = 2):
+class StepShard(torch.utils.data.Sampler):
+    """The sample indices of one rank for steps start_step .. total_steps - 1: at step s, samples
+    s * B + rank * B / W ... s * B + (rank + 1) * B / W - 1 (B = global batch size, W = world size);
+    with W = 1 the same indices as `IndexRange(start_step * B, total_steps * B)`."""
+
+    def __init__(self, start_step: int, total_steps: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise PairsError(f"batch_size {batch_size} is not a multiple of the {world_size} processes")
+        self.start, self.stop, self.batch, self.rank = int(start_step), int(total_steps), int(batch_size), int(rank)
+        self.local = self.batch // int(world_size)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            first = step * self.batch + self.rank * self.local
+            yield from range(first, first + self.local)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.local
+
+
+def make_loader(dataset, batch_size: int, start_step: int, total_steps: int, num_workers: int = 2,
+                rank: int = 0, world_size: int = 1):
     """A DataLoader yielding the batches of steps start_step .. total_steps - 1 (batch b holds samples
-    b * batch_size .. (b + 1) * batch_size - 1 of the infinite deterministic stream)."""
-    sampler = IndexRange(start_step * batch_size, total_steps * batch_size)
+    b * batch_size .. (b + 1) * batch_size - 1 of the infinite deterministic stream). With world_size W > 1
+    it yields this rank's shard of each batch (`StepShard`), batch_size / W samples."""
+    sampler = StepShard(start_step, total_steps, batch_size, rank, world_size)
+    batch_size = batch_size // world_size
     if num_workers:
         import pickle
 

@@ -21,6 +21,8 @@ repeat, on another machine, a run that its time limit stopped at that step.
 Resume is exact: the data stream is a pure function of (seed, sample index), so the loader restarts
 at sample step x batch_size, and every random state is restored; the loss curve after a resume is
 the one of an uninterrupted run (on the same device and thread count).
+Several processes (GPUs): ``torchrun --nproc_per_node N -m localfeat.train ...`` trains the same run with
+DistributedDataParallel, `batch_size` being the global batch (see train/distributed.py).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import yaml
 from ..config import ConfigError
 from ..io.atomic import torch_save_atomic, write_text_atomic
 from ..registry import trainable
+from . import distributed
 from .config import DEFAULT_CONFIG, TrainError, list_presets, parse_overrides, resolve_config  # noqa: F401
 from .helpers import build_optimizer, freeze, lr_factor, rng_state, seed_all, set_rng_state
 from .losses import build_loss
@@ -60,7 +63,8 @@ class Trainer:
         self.adapter = trainable(conf["model"]["name"])  # the model module's training hooks
         from ..ops import resolve_device
 
-        self.device = resolve_device(conf["device"])
+        self.dist = distributed.current()  # rank and world size under torchrun (see train/distributed.py)
+        self.device = distributed.rank_device(resolve_device(conf["device"]), self.dist)
         if conf["threads"]:
             torch.set_num_threads(int(conf["threads"]))
         d = conf["data"]
@@ -69,6 +73,12 @@ class Trainer:
 
             dataset = ColmapScenes(d["scenes"]).posed_pairs(crop_size=int(d["crop_size"]), seed=int(conf["seed"]),
                                                             occlusion_tolerance=float(d["occlusion_tolerance"]))
+        elif dataset is None and d["source"] == "megadepth":
+            from ..datasets.megadepth import MegaDepthScenes
+
+            dataset = MegaDepthScenes(d["root"], d["scenes"], d["min_overlap"], d["max_overlap"]).posed_pairs(
+                crop_size=int(d["crop_size"]), seed=int(conf["seed"]),
+                occlusion_tolerance=float(d["occlusion_tolerance"]))
         self.dataset = dataset if dataset is not None else HomographyPairs(
             d["images"], HomographyConf(crop_size=int(d["crop_size"]), base_size=int(d["base_size"]),
                                         scale_range=tuple(d["scale_range"]), rotation_deg=float(d["rotation_deg"]),
@@ -79,6 +89,13 @@ class Trainer:
         self.net = self.adapter.build(conf["model"]).to(self.device)
         self.net.train()
         self.frozen = freeze(self.net, conf["freeze"])
+        self.forward_pair = distributed.PairForward(self.adapter, self.net)
+        if self.dist.enabled:
+            if int(conf["batch_size"]) % self.dist.world_size:
+                raise ConfigError(f"config.batch_size {conf['batch_size']} (the global batch) must be a multiple of "
+                                  f"the {self.dist.world_size} processes")
+            self.forward_pair = distributed.wrap(self.forward_pair, self.device, self.dist)
+            self.net = self.forward_pair.module.net
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("config.freeze froze every parameter: nothing to train")
@@ -96,6 +113,8 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last.pt"
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:  # the ranks hold the same state; rank 0 writes it
+            return
         torch_save_atomic({"step": self.step, "model": self.net.state_dict(),
                            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                            "scaler": self.scaler.state_dict(), "rng": rng_state(), "format": "localfeat-train-1"},
@@ -119,7 +138,7 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
     def _tensorboard(self):
-        if self._tb is None and self.conf["tensorboard"]:
+        if self._tb is None and self.conf["tensorboard"] and self.dist.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
@@ -130,7 +149,7 @@ class Trainer:
 
     def validate(self) -> Optional[dict]:
         v = self.conf["validation"]
-        if not v["every"]:
+        if not v["every"] or not self.dist.is_main:
             return None
         root = validation_set(self.conf, self.run_dir)
         res = evaluate_mma(self.adapter, self.net, root, self.device, v["top_k"], int(v["nms"]), v["resize_max"])
@@ -148,8 +167,9 @@ class Trainer:
     def train_step(self, batch: dict) -> dict:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            out0 = self.adapter.dense(self.net, batch["image0"])
-            out1 = self.adapter.dense(self.net, batch["image1"])
+            out0, out1 = self.forward_pair(batch["image0"], batch["image1"])
+        if self.dist.enabled:  # every rank computes the loss of the global batch (train/distributed.py)
+            out0, out1, batch = distributed.gather_global_batch(out0, out1, batch, self.dist)
         # Losses in float32 (quantised AP and softmaxes are not float16-safe).
         cast = (lambda o: {k: v.float() if torch.is_tensor(v) else v for k, v in o.items()})
         terms = self.loss(cast(out0), cast(out1), batch, self.step)
@@ -157,7 +177,9 @@ class Trainer:
             raise FloatingPointError(f"step {self.step}: the loss is {float(terms['total'])}; "
                                      "lower optimizer.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["total"]).backward()
+        # With W ranks, W x loss: DDP averages the ranks' gradients, each of which holds its own samples' part.
+        total = terms["total"] * self.dist.world_size if self.dist.enabled else terms["total"]
+        self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -171,11 +193,13 @@ class Trainer:
         metrics_log = CsvLog(self.run_dir / "metrics.csv")
         if self.step == 0 and c["validation"]["every"] and not (self.run_dir / "validation.csv").exists():
             self.validate()
-        loader = make_loader(self.dataset, int(c["batch_size"]), self.step, total, int(c["data"]["num_workers"]))
+        loader = make_loader(self.dataset, int(c["batch_size"]), self.step, total, int(c["data"]["num_workers"]),
+                             rank=self.dist.rank, world_size=self.dist.world_size)
         t_start, s_start = time.perf_counter(), self.step
         limit = None if c["time_limit_minutes"] is None else 60.0 * float(c["time_limit_minutes"])
         out_of_time = False
-        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=None)
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step",
+                   disable=None if self.dist.is_main else True)
         try:
             for batch in loader:
                 t0 = time.perf_counter()
@@ -185,7 +209,8 @@ class Trainer:
                 names = ["total"] + sorted(k for k in terms if k != "total")
                 row = {"step": self.step - 1, **{k: terms[k] for k in names}, "lr": lr,
                        "seconds": round(time.perf_counter() - t0, 4)}
-                metrics_log.write(row)
+                if self.dist.is_main:
+                    metrics_log.write(row)
                 tb = self._tensorboard()
                 if tb:
                     for k, v in terms.items():
@@ -199,7 +224,8 @@ class Trainer:
                 # Validation first: a run killed between the two redoes both from the previous checkpoint.
                 if c["validation"]["every"] and (self.step % c["validation"]["every"] == 0 or self.step == total):
                     self.validate()
-                out_of_time = (limit is not None and time.perf_counter() - t_start > limit) or (
+                out_of_time = (limit is not None and distributed.any_rank(  # all ranks stop at the same step
+                    time.perf_counter() - t_start > limit, self.dist, self.device)) or (
                     c["stop_at_step"] is not None and self.step >= int(c["stop_at_step"]))
                 if out_of_time and not (c["validation"]["every"] and self.step % c["validation"]["every"] == 0):
                     self.validate()
@@ -211,7 +237,8 @@ class Trainer:
                     break
         finally:
             bar.close()
-        if self.step >= total or out_of_time:
+        distributed.barrier(self.dist)  # the other ranks return once rank 0 has written the run
+        if (self.step >= total or out_of_time) and self.dist.is_main:
             try:
                 plot_curves(self.run_dir)
             except Exception as exc:  # a plotting problem must not lose a finished run
@@ -226,14 +253,18 @@ def train(config: str | os.PathLike | dict, run_dir, overrides: Optional[dict] =
     RUN_DIR/config.yaml, train. An existing run is an error (resume it, or pass overwrite=True)."""
     run_dir = Path(run_dir)
     conf = resolve_config(config, overrides)
-    if (run_dir / "checkpoints" / "last.pt").exists() or (run_dir / "metrics.csv").exists():
-        if not overwrite:
-            raise TrainError(f"{run_dir} already holds a run: resume it with `localfeat train --resume {run_dir}` "
-                             "or choose another output folder")
+    ctx = distributed.setup(conf["device"])  # under torchrun: join the process group
+    existing = (run_dir / "checkpoints" / "last.pt").exists() or (run_dir / "metrics.csv").exists()
+    if existing and not overwrite:
+        raise TrainError(f"{run_dir} already holds a run: resume it with `localfeat train --resume {run_dir}` "
+                         "or choose another output folder")
+    distributed.barrier(ctx)  # every rank has looked before rank 0 writes
+    if ctx.is_main:
         for name in ("metrics.csv", "validation.csv", "checkpoints/last.pt", "weights.pt", "curve.png"):
             (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(conf, sort_keys=False))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(conf, sort_keys=False))
+    distributed.barrier(ctx)
     trainer = Trainer(conf, run_dir, dataset=dataset)
     logger.info("training %s (%d parameters trainable, frozen: %d) into %s", conf["model"]["name"],
                 sum(p.numel() for p in trainer.net.parameters() if p.requires_grad), len(trainer.frozen), run_dir)
@@ -247,11 +278,13 @@ def resume(run_dir, steps: Optional[int] = None, dataset=None) -> Path:
     if not path.is_file():
         raise TrainError(f"{path} does not exist: {run_dir} is not a training run directory")
     conf = resolve_config(yaml.safe_load(path.read_text()), {"steps": steps} if steps else None)
-    if steps:
+    ctx = distributed.setup(conf["device"])  # under torchrun: join the process group
+    if steps and ctx.is_main:
         write_text_atomic(path, yaml.safe_dump(conf, sort_keys=False))
     trainer = Trainer(conf, run_dir, dataset=dataset)
     trainer.load_checkpoint()
-    truncate_csv(run_dir / "metrics.csv", trainer.step)
-    truncate_csv(run_dir / "validation.csv", trainer.step + 1)
+    if ctx.is_main:
+        truncate_csv(run_dir / "metrics.csv", trainer.step)
+        truncate_csv(run_dir / "validation.csv", trainer.step + 1)
     logger.info("resuming %s at step %d of %d", run_dir, trainer.step, conf["steps"])
     return trainer.run()
