@@ -129,7 +129,7 @@ def iterative_max_pool_nms(scores: torch.Tensor, radius: int, iterations: int = 
     Window maxima of size 2*radius+1 are kept; then, `iterations` times, pixels outside the windows of
     the current maxima that are maxima of the remaining scores are added. The max filters are
     `window_max`, equal bit for bit to the originals' `F.max_pool2d` and faster on CPU
-    (tests/test_alike.py compares with the max_pool2d formulation).
+    (tests/extractors/test_alike.py compares with the max_pool2d formulation).
     """
     k = 2 * radius + 1
     zeros = torch.zeros_like(scores)
