@@ -116,7 +116,22 @@ def test_two_stage_training_lowers_loss(tmp_path):
     assert s["images"] == 11 and s["classes"] == ["kitti", "sacre_coeur"]
     assert s["stage1_after"]["loss"] < s["stage1_before"]["loss"]
     assert s["stage2_after"]["loss"] < s["stage2_before"]["loss"]
-    assert (tmp_path / "run" / "attention.png").stat().st_size > 1000
+    # attention.png: one row per picked image (4 spread over the data set): the image as trained on, a 10-px
+    # white gap, its attention map over it; rows padded white to the widest
+    from localfeat.train.delf import ClassFolder
+
+    data = ClassFolder(root, conf.base_size)
+    picks = [data.images[i] for i in np.linspace(0, len(data) - 1, 4).round().astype(int)]
+    picture = read_image(tmp_path / "run" / "attention.png")
+    widths = [2 * p.shape[1] + 10 for p in picks]
+    assert picture.shape == (sum(p.shape[0] for p in picks), max(widths), 3)
+    y = 0
+    for p, w in zip(picks, widths):
+        h, pw = p.shape[:2]
+        np.testing.assert_array_equal(picture[y:y + h, :pw], p)
+        assert (picture[y:y + h, pw:pw + 10] == 255).all() and (picture[y:y + h, w:] == 255).all()
+        assert picture[y:y + h, pw + 10:w].std() > 10       # a heat map over the image, not a blank panel
+        y += h
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stage2_steps"] == 12
     # the trained checkpoint loads into the extractor
     f = load_extractor("delf", arch="resnet18", weights=s["checkpoint"], score_threshold=None, max_keypoints=10,
