@@ -168,7 +168,7 @@ def test_driver_killed_then_rerun_resumes(cluster, photos, tmp_path):
     reuses the complete shards (not computed again) and ends with the local engine's file."""
     localfeat.extract(photos, tmp_path / "local.h5", model="sift", conf=CONF)
     out = tmp_path / "ray.h5"
-    command = [sys.executable, "-m", "localfeat", "extract", str(photos), "-o", str(out), "--model", "sift",
+    command = [sys.executable, "-m", "localfeat.cli", "extract", str(photos), "-o", str(out), "--model", "sift",
                "--conf", "max_keypoints=256", "resize_max=640", "--engine", "ray", "--ray-address",
                cluster.address, "--shard-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -122,42 +122,109 @@ class RayOptions:
 
 # ----------------------------------------------------------------------------------------- the cluster
 def _free_port() -> int:
+    """A TCP port free now (the OS's choice)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def start_local_cluster(node_cpus: Sequence[int], object_store_memory: int = 200 << 20,
-                        num_gpus: Optional[int] = None):
+                        num_gpus: Optional[int] = None, attempts: int = 3):
     """Start a Ray cluster on this machine, one node per entry of `node_cpus` (a head, then workers), and
     connect this process to it. Returns the `ray.cluster_utils.Cluster`; `cluster.shutdown()` (after
     `ray.shutdown()`) stops exactly its processes.
 
-    The agents' ports are given explicitly: with dynamic ports the node waits for each agent to write its
-    port file, and on a busy machine the agent can take longer to start than that wait allows.
+    On a machine busy with other work, Ray's agents can start later than its node waits for them (a
+    fixed 15 s for the dashboard agent's port file, after which the node aborts). So the agents' ports are
+    chosen here and given to Ray, and `_AgentPorts` publishes the dashboard agent's port file as soon as a
+    node starts (the value the agent itself writes when it is up); a node that still fails to start is
+    started again, up to `attempts` times.
     """
     ray = require_ray()
     from ray.cluster_utils import Cluster
 
+    ports = _AgentPorts()
+
     def node_args(cpus, head):
-        args = {"num_cpus": int(cpus), "object_store_memory": int(object_store_memory),
-                "metrics_agent_port": _free_port(), "runtime_env_agent_port": _free_port(),
-                "dashboard_agent_listen_port": _free_port(), "metrics_export_port": _free_port()}
+        args = {"num_cpus": int(cpus), "object_store_memory": int(object_store_memory), **ports.new_node()}
         if num_gpus is not None and head:
             args["num_gpus"] = int(num_gpus)
         if head:
             args["include_dashboard"] = False
         return args
 
-    cluster = Cluster(initialize_head=True, head_node_args=node_args(node_cpus[0], True))
-    try:
-        for cpus in node_cpus[1:]:
-            cluster.add_node(**node_args(cpus, False))
-        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-    except BaseException:
-        cluster.shutdown()
-        raise
-    return cluster
+    with ports:
+        for attempt in range(1, attempts + 1):
+            cluster = None
+            try:
+                cluster = Cluster(initialize_head=True, head_node_args=node_args(node_cpus[0], True))
+                for cpus in node_cpus[1:]:
+                    cluster.add_node(**node_args(cpus, False))
+                ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+                return cluster
+            except Exception as exc:
+                if cluster is not None:
+                    cluster.shutdown()
+                if attempt == attempts:
+                    raise EngineError(f"could not start a local Ray ({attempts} attempts): {exc}; start one with "
+                                      "`ray start --head` and pass --ray-address") from exc
+                logger.warning("starting a local Ray failed (%s); trying again (%d of %d)", exc, attempt + 1,
+                               attempts)
+
+
+class _AgentPorts:
+    """Ports for the agents of the nodes started here, and, while in a `with` block, a thread that writes
+    each new node's dashboard-agent port file (`ray._raylet.persist_port`) as soon as its raylet runs
+    (found in /proc by its metrics-agent port), so that a slow agent does not make the node abort."""
+
+    def __init__(self):
+        self.listen = {}  # metrics agent port -> dashboard agent listen port
+        self._stop = None
+
+    def new_node(self) -> dict:
+        ports = {"metrics_agent_port": _free_port(), "runtime_env_agent_port": _free_port(),
+                 "dashboard_agent_listen_port": _free_port(), "metrics_export_port": _free_port()}
+        self.listen[ports["metrics_agent_port"]] = ports["dashboard_agent_listen_port"]
+        return ports
+
+    def __enter__(self):
+        import threading
+
+        if os.path.isdir("/proc"):
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._publish, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def _publish(self) -> None:
+        from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
+
+        done = set()
+        while not self._stop.wait(0.1):
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                except OSError:
+                    continue
+                if not argv[0].endswith("raylet"):
+                    continue
+                args = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+                try:
+                    metrics_port = int(args.get("metrics-agent-port", 0))
+                except ValueError:
+                    continue
+                node = args.get("node_id")
+                if metrics_port in self.listen and node and (node, metrics_port) not in done:
+                    persist_port(args["session_dir"], node, DASHBOARD_AGENT_LISTEN_PORT_NAME,
+                                 self.listen[metrics_port])
+                    done.add((node, metrics_port))
 
 
 @contextlib.contextmanager
@@ -366,38 +433,51 @@ def _run(kind: str, spec: dict, identity: dict, units: list, key_of, out_store, 
             threads = max(1, int(options.num_cpus))
             actors = [actor_cls.remote(kind, spec, threads) for _ in range(n_workers)]
             idle = deque(actors)
-            pending: dict = {}
+            pending: dict = {}  # ObjectRef -> ("run", shard index, actor) or ("ping", None, actor)
             retries: dict[int, int] = {}
+
+            def ping(actor, delay: float = 0.0):
+                """Ask a restarting actor where it runs; it is idle again once it answers."""
+                time.sleep(delay)
+                pending[actor.where.remote()] = ("ping", None, actor)
+
             try:
-                while queue or pending:
+                while queue or any(what == "run" for what, _, _ in pending.values()):
                     while queue and idle:
                         index = queue.popleft()
                         actor = idle.popleft()
-                        pending[actor.run.remote(shards[index])] = (index, actor)
+                        pending[actor.run.remote(shards[index])] = ("run", index, actor)
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     for ref in ready:
-                        index, actor = pending.pop(ref)
+                        what, index, actor = pending.pop(ref)
                         try:
-                            record = ray.get(ref)
+                            result = ray.get(ref)
                         except ray.exceptions.RayActorError as exc:
+                            if isinstance(exc, ray.exceptions.ActorDiedError):  # restarts exhausted: a new one
+                                actor = actor_cls.remote(kind, spec, threads)
+                                actors.append(actor)
+                            if what == "ping":  # still restarting (the model loads again): ask later
+                                ping(actor, 0.5)
+                                continue
                             retries[index] = retries.get(index, 0) + 1
                             report.retries += 1
                             if retries[index] > options.max_retries:
                                 raise EngineError(f"shard {shards[index]['id']} failed {retries[index]} times "
                                                   f"because its worker died ({exc}); see the Ray logs of the "
                                                   "nodes, then rerun to resume") from exc
-                            logger.warning("a worker died during shard %s (%s); resubmitting it",
+                            logger.warning("a worker died during shard %s (%s); computing the shard again",
                                            shards[index]["id"], type(exc).__name__)
                             queue.appendleft(index)
-                            idle.append(actor)  # Ray restarts the actor (max_restarts=-1); calls wait for it
+                            ping(actor)  # Ray restarts the actor (max_restarts=-1)
                             continue
                         except ray.exceptions.RayTaskError as exc:
                             cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
                             raise EngineError(f"shard {shards[index]['id']} failed on a worker: {cause}") from exc
                         idle.append(actor)
-                        records[index] = record
-                        bar.update(len(shards[index]["todo"]))
-                        merge_ready()
+                        if what == "run":
+                            records[index] = result
+                            bar.update(len(shards[index]["todo"]))
+                            merge_ready()
             except KeyboardInterrupt as exc:
                 raise RunInterrupted(report, out_store.path) from exc
             finally:
