@@ -87,19 +87,38 @@ def pixel_to_grid(keypoints: torch.Tensor, size_wh: tuple[int, int], align_corne
 
 
 def sample_dense(dense: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
-                 align_corners: bool = False) -> torch.Tensor:
+                 align_corners: bool = False, padding_mode: str = "zeros") -> torch.Tensor:
     """Sample a dense map (B, C, h, w) at grid coordinates (B, N, 2) in [-1, 1]; returns (B, N, C)."""
-    out = F.grid_sample(dense, grid[:, None], mode=mode, align_corners=align_corners)
+    out = F.grid_sample(dense, grid[:, None], mode=mode, align_corners=align_corners, padding_mode=padding_mode)
     return out[:, :, 0].transpose(1, 2)
 
 
-def sample_at_pixels(dense: torch.Tensor, xy: torch.Tensor, stride: int = 1) -> torch.Tensor:
+def sample_at_pixels(dense: torch.Tensor, xy: torch.Tensor, stride: int = 1,
+                     padding_mode: str = "zeros") -> torch.Tensor:
     """Bilinear samples (B, N, C) of a map (B, C, h, w) of stride `stride` (map pixel j covers input pixels
     stride*j .. stride*j + stride - 1, centre stride*j + (stride - 1)/2) at input pixels xy (B, N, 2),
-    pixel-centre convention."""
+    pixel-centre convention. padding_mode 'border' clamps to the outermost map pixels, as bilinear
+    `F.interpolate(..., align_corners=False)` upsampling does."""
     h, w = dense.shape[-2:]
     grid = pixel_to_grid(xy, (w * stride, h * stride))
-    return sample_dense(dense, grid.to(dense.dtype))
+    return sample_dense(dense, grid.to(dense.dtype), padding_mode=padding_mode)
+
+
+def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> torch.nn.Conv2d:
+    """One Conv2d (with bias) equal to conv followed by eval-mode bn: W * g / sqrt(var + eps),
+    (b - mean) * g / sqrt(var + eps) + beta (g = 1, beta = 0 when bn is not affine)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    fused = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                            bias=True).to(conv.weight.device)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        fused.bias.copy_(bias)
+    return fused
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import hub
-from ..ops import image_to_tensor, l2_normalize, pixel_to_grid, sample_dense, top_k_indices, window_max
+from ..ops import fold_batchnorm, image_to_tensor, l2_normalize, pixel_to_grid, sample_dense, top_k_indices, window_max
 from ..registry import ConfigError
 from ..checkpoints import load_weights
 from ..types import Features
@@ -86,13 +86,7 @@ class BasicLayer(nn.Module):
         conv, bn = self.layer[0], self.layer[1]
         if not isinstance(bn, nn.BatchNorm2d):
             return
-        inv_std = torch.rsqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                          padding=conv.padding, bias=True).to(conv.weight.device)
-        with torch.no_grad():
-            fused.weight.copy_(conv.weight * inv_std.view(-1, 1, 1, 1))
-            fused.bias.copy_(-bn.running_mean * inv_std)
-        self.layer = nn.Sequential(fused, nn.ReLU(inplace=True))
+        self.layer = nn.Sequential(fold_batchnorm(conv, bn), nn.ReLU(inplace=True))
 
 
 class XFeatNet(nn.Module):
