@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# A CPU build of torch; a plain `pip install torch` may pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0 || $(BIN)/python -m pip install --quiet "torch>=2.1,<3"
-	$(BIN)/python -m pip install --quiet -e ".[test,sfm]"
+	$(BIN)/python -m pip install --quiet -e ".[test,sfm,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

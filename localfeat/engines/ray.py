@@ -9,7 +9,7 @@ How a run goes (docs/scale.md):
   the full list. A shard's identity is a hash of its items and of everything its result depends on
   (model and config hash, layout; for pairs the matcher, its config and the features' identity).
 - Actors (`ShardWorker`, `num_cpus` / `num_gpus` each) load the model once and run shards with the loops
-  of the local engine (`pipeline.extract_into`, `pipeline.match_into`). Each shard is written as its own
+  of the local engine (`engines.local.extract_into`, `match_into`). Each shard is written as its own
   complete store ``<shard_dir>/<id>.h5`` (the crash-safe writers of `localfeat.io.h5`, then published by
   an atomic rename) and a record ``<id>.json`` (written last, atomically) of what it computed and which
   inputs failed. A shard is complete when its record exists.
@@ -46,7 +46,7 @@ from ..io.atomic import atomic_path, write_text_atomic
 from ..io.h5 import FeatureStore, MatchStore, pair_key
 from ..io.images import ImageReadError
 from ..io.lock import lock_path
-from ..pipeline import RunInterrupted, RunReport, extract_into, match_into
+from .local import RunInterrupted, RunReport, extract_into, match_into
 from . import EngineError
 
 logger = logging.getLogger(__name__)
@@ -529,8 +529,7 @@ def _finish(folder: Path, options: RayOptions) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def extract(items: Sequence[tuple[str, Path]], output, extractor, model: Optional[str] = None,
-            conf: Optional[dict] = None, on_error: str = "skip", overwrite: bool = False,
+def extract(items: Sequence[tuple[str, Path]], output, extractor, on_error: str = "skip", overwrite: bool = False,
             layout: Optional[str] = None, options=None, recompute: bool = False) -> EngineReport:
     """`localfeat.pipeline.extract` on Ray (called by it with engine="ray"): the images `items` ((name,
     path) in order) into the FeatureStore `output`. `extractor` is the driver's instance (its name and

@@ -116,12 +116,12 @@ class ExtractorSource(FeatureSource):
 
     def _prepare_on_engine(self, dataset, todo, path: Path, digests: dict, digests_path: Path) -> None:
         """`prepare` on the Ray engine: the images `todo` ((name, digest)) extracted into `path`."""
-        from ..engines import run_engine_extract
+        from ..engines import ray
         from ..io.h5 import FeatureStore
         from ..io.images import ImageReadError
 
-        report = run_engine_extract(self.engine, [(name, dataset.root / name) for name, _ in todo], path,
-                                    extractor=self.extractor, options=self.engine_options, recompute=True)
+        report = ray.extract([(name, dataset.root / name) for name, _ in todo], path, extractor=self.extractor,
+                             options=self.engine_options, recompute=True)
         if report.failed:
             raise ImageReadError(f"{self.label}: cannot extract {len(report.failed)} HPatches image(s): "
                                  + "; ".join(f"{n}: {m}" for n, m in report.failed[:3]))
