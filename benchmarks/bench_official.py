@@ -101,9 +101,8 @@ def case_disk():
     return run_original, run_ours, same
 
 
-def case_lightglue(features: str, mode: str):
-    ref = dict(np.load(OFFICIAL / f"lightglue_{features}_sacre_coeur_1_2.npz"))
-    f0, f1 = features_from(ref, 0, "keypoint_scores"), features_from(ref, 1, "keypoint_scores")
+def lightglue_pair_case(features: str, f0: Features, f1: Features, mode: str):
+    """The original LightGlue and ours on one pair; mode 'adaptive' (default confidences) or 'full' (none)."""
     conf = {} if mode == "adaptive" else {"depth_confidence": None, "width_confidence": None}
     oconf = {} if mode == "adaptive" else {"depth_confidence": -1, "width_confidence": -1}
     original = OriginalLightGlue(features=features, **oconf).eval()
@@ -119,6 +118,12 @@ def case_lightglue(features: str, mode: str):
         out = ours.run(f0, f1)
         return match_set(out["matches"].numpy()), out["stop"]
     return run_original, run_ours, lambda a, b: a == b
+
+
+def case_lightglue(features: str, mode: str):
+    ref = dict(np.load(OFFICIAL / f"lightglue_{features}_sacre_coeur_1_2.npz"))
+    f0, f1 = features_from(ref, 0, "keypoint_scores"), features_from(ref, 1, "keypoint_scores")
+    return lightglue_pair_case(features, f0, f1, mode)
 
 
 def case_xfeat(mode: str):
@@ -173,21 +178,7 @@ def aliked_features(k: int) -> Features:
 
 def case_adaptive(pair: str, mode: str):
     f0, f1 = aliked_features(1), aliked_features(2 if pair == "easy" else 6)
-    conf = {} if mode == "adaptive" else {"depth_confidence": None, "width_confidence": None}
-    oconf = {} if mode == "adaptive" else {"depth_confidence": -1, "width_confidence": -1}
-    original = OriginalLightGlue(features="aliked", **oconf).eval()
-    ours = load_matcher("lightglue", features="aliked", device="cpu", **conf)
-    data = original_pair(f0, f1)
-
-    def run_original():
-        with torch.no_grad():
-            out = original(data)
-        return match_set(out["matches"][0].numpy()), int(out["stop"])
-
-    def run_ours():
-        out = ours.run(f0, f1)
-        return match_set(out["matches"].numpy()), out["stop"]
-    return run_original, run_ours, lambda a, b: a == b
+    return lightglue_pair_case("aliked", f0, f1, mode)
 
 
 CASES = {
