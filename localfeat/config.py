@@ -146,8 +146,14 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
     return name.strip(), parse_conf_items(items)
 
 
+# Options that change how a model runs; at these values they are left out of config hashes, so a store or
+# cache written before the option existed keeps its hash. Another value changes the outputs, so it is hashed.
+HASH_NEUTRAL_DEFAULTS = {"precision": "fp32", "channels_last": False}
+
+
 def conf_hash(name: str, conf: dict) -> str:
-    """A short stable hash of a model name and its full resolved config."""
+    """A short stable hash of a model name and its full resolved config (keys of HASH_NEUTRAL_DEFAULTS
+    at those values left out)."""
     import hashlib
     import json
 
@@ -160,7 +166,12 @@ def conf_hash(name: str, conf: dict) -> str:
             return list(v)
         return v
 
-    text = json.dumps({"name": name, "conf": {k: norm(v) for k, v in sorted(conf.items())}},
+    def neutral(key, value):  # the type too: channels_last=0 is not the default False
+        default = HASH_NEUTRAL_DEFAULTS.get(key, neutral)
+        return type(value) is type(default) and value == default
+
+    kept = {k: v for k, v in conf.items() if not neutral(k, v)}
+    text = json.dumps({"name": name, "conf": {k: norm(v) for k, v in sorted(kept.items())}},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -16,12 +16,21 @@ class ContractError(ValueError):
     """A `Features` or `Matches` field breaks the data contract."""
 
 
+def _tensor_to_numpy(tensor) -> np.ndarray:
+    """A torch tensor as a numpy array; bfloat16 / float16 (numpy has no bfloat16; e.g. outputs of a model run
+    with precision='bf16') become float32."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.element_size() < 4:
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def _as_array(name: str, value, dtype, shape: tuple, shape_text: str, finite: bool = True) -> np.ndarray:
     """Convert `value` to a numpy array of `dtype` and check it against `shape` (None = any size)."""
     if value is None:
         raise ContractError(f"{name} is required, expected an array of shape {shape_text}")
     if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
+        value = _tensor_to_numpy(value)
     arr = np.asarray(value)
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
         raise ContractError(f"{name} has shape {tuple(arr.shape)}, expected {shape_text}")
@@ -70,7 +79,7 @@ class Features:
         self.scores = _as_array("scores", self.scores, np.float32, (n,), f"(N,) with N={n}")
         desc = self.descriptors
         if hasattr(desc, "detach"):
-            desc = desc.detach().cpu().numpy()
+            desc = _tensor_to_numpy(desc)
         desc = np.asarray(desc)
         if desc.ndim != 2 or desc.shape[0] != n:
             raise ContractError(f"descriptors has shape {tuple(desc.shape)}, expected (N, D) with N={n}")

@@ -406,15 +406,15 @@ def test_cli_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path, two_images, 
     def interrupted_after_one(name, **conf):
         extractor = real(name, **conf)
         calls = []
-        original = extractor.extract
+        original = extractor.extract_prepared  # the network step the batch pipeline runs in the main thread
 
-        def extract(image):
+        def extract(prepared):
             calls.append(1)
             if len(calls) == 2:
                 raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
-            return original(image)
+            return original(prepared)
 
-        extractor.extract = extract
+        extractor.extract_prepared = extract
         return extractor
 
     monkeypatch.setattr(pipeline, "load_extractor", interrupted_after_one)

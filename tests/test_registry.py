@@ -54,7 +54,8 @@ def test_conf_hash_changes_with_any_value():
 def test_models_command_lists_defaults_and_weights(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "  sift\n    config: resize_max=1600, device=None, max_keypoints=None" in out
+    assert ("  sift\n    config: resize_max=1600, device=None, precision='fp32', channels_last=False, "
+            "max_keypoints=None") in out
     assert "weights: not needed" in out and "nearest_neighbor" in out
 
 

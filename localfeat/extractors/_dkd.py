@@ -101,6 +101,11 @@ def detect_keypoints(scores_map: torch.Tensor, radius: int = 2, border: tuple[in
     (x_pixel / (W - 1) * 2 - 1, pixel-centre convention) and (N,) float32 bilinear samples of the map.
     See `select_peaks` for the detection options; the ALIKE border is (r + 1, r), ALIKED's (r, r).
     """
+    with torch.autocast(scores_map.device.type, enabled=False):  # float32 under precision='bf16' too
+        return _detect_keypoints(scores_map.float(), radius, border, top_k, scores_th, n_limit, sub_pixel)
+
+
+def _detect_keypoints(scores_map, radius, border, top_k, scores_th, n_limit, sub_pixel):
     b, _, h, w = scores_map.shape
     peaks = select_peaks(scores_map, radius, border, top_k, scores_th, n_limit)
     size = torch.tensor([w - 1, h - 1], device=scores_map.device)

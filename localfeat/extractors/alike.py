@@ -250,7 +250,7 @@ class ALIKE(AlikeFamily):
         if c["sort"]:
             order = torch.argsort(scores, descending=True, stable=True)
             xy, desc, scores = xy[order], desc[order], scores[order]
-        return Features(xy.cpu().numpy(), scores.cpu().numpy(), desc.cpu().numpy(), (w, h))
+        return Features(xy.cpu().numpy(), scores.cpu().numpy(), desc.float().cpu().numpy(), (w, h))
 
 
 def sample_normalized_bilinear(read: Callable, grid: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:

@@ -376,4 +376,4 @@ class ALIKED(AlikeFamily):
         if c["sort"]:
             order = torch.argsort(scores, descending=True, stable=True)
             xy, desc, scores = xy[order], desc[order], scores[order]
-        return Features(xy.cpu().numpy(), scores.cpu().numpy(), desc.cpu().numpy(), (w, h))
+        return Features(xy.cpu().numpy(), scores.cpu().numpy(), desc.float().cpu().numpy(), (w, h))

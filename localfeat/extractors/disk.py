@@ -251,6 +251,7 @@ class DISK(Extractor):
             x, factors = resize_long_side(x, c["long_side"])
         ph, pw = x.shape[-2:]
         desc, heat = self.net(pad_to_multiple(x))
+        heat = heat.float()  # float32 keypoint selection under precision='bf16' too
         if c["style"] == "lightglue":
             desc, heat = desc[..., :ph, :pw], heat[..., :ph, :pw]
             xy, scores = lightglue_keypoints(heat[0, 0], c["nms_window"], float(c["detection_threshold"]),
@@ -262,7 +263,7 @@ class DISK(Extractor):
             xy, scores = xy[order], scores[order]
         d = l2_normalize(desc[0][:, xy[:, 1], xy[:, 0]].t())
         kpts = map_keypoints_to_original(xy.float().cpu().numpy(), factors)
-        return Features(kpts, scores.cpu().numpy(), d.cpu().numpy(), (w, h))
+        return Features(kpts, scores.cpu().numpy(), d.float().cpu().numpy(), (w, h))
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -189,7 +189,7 @@ class KeyNet(Extractor):
 
     @torch.no_grad()
     def _detect_level(self, level: torch.Tensor, budget: Optional[int]):
-        scores = self.score_map(level)
+        scores = self.score_map(level).float()  # float32 under precision='bf16' too
         b = self.conf["border"]
         if b:
             mask = torch.zeros_like(scores)
