@@ -26,6 +26,16 @@ def cmd_dataset_merge(args) -> int:
     return 0
 
 
+def cmd_dataset_to_megadepth(args) -> int:
+    from ..datasets.megadepth import export_megadepth
+
+    files = export_megadepth(args.dataset, args.output, scenes=args.scenes, image_mode=args.image_mode,
+                             min_overlap=args.min_overlap, max_overlap=args.max_overlap)
+    for kind, paths in files.items():
+        print(f"{kind:10s} " + " ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_dataset_gather_photos(args) -> int:
     from ..datasets.training_photos import gather
 
@@ -79,6 +89,16 @@ def register(sub, groups) -> None:
     p.add_argument("datasets", nargs="+")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--image-mode", choices=["copy", "hardlink"], default="copy")
+
+    p = add_command(ds, "to-megadepth", "write a dataset in the MegaDepth layout with LoFTR and D2-Net index files "
+                    "(and MegaDepth-1500-style pose pairs)",
+                    "localfeat dataset to-megadepth dataset/ -o megadepth/ --max-overlap 0.7", cmd_dataset_to_megadepth)
+    p.add_argument("dataset", help="a dataset of `localfeat dataset from-colmap`")
+    p.add_argument("-o", "--output", required=True, help="the MegaDepth root to write")
+    p.add_argument("--scenes", nargs="*", default=None, help="scenes to write (default: all)")
+    p.add_argument("--image-mode", choices=["copy", "hardlink"], default="hardlink")
+    p.add_argument("--min-overlap", type=float, default=None, help="LoFTR index: pairs with overlap > this")
+    p.add_argument("--max-overlap", type=float, default=None, help="LoFTR index: pairs with overlap <= this")
 
     from ..datasets.training_photos import DEBIAN_PACKAGES
 

@@ -50,7 +50,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
-from ..io.colmap import COLMAP_PIXEL_SHIFT, intrinsics_from_colmap
+from ..io.colmap import COLMAP_PIXEL_SHIFT, intrinsics_from_colmap, intrinsics_to_colmap
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,16 @@ def read_index_npz(path: str | os.PathLike) -> dict:
                     continue
                 with z.open(member) as f:
                     version = np.lib.format.read_magic(f)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read_header(f)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:  # 3.0 (utf-8 field names): no public reader
+                        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
                     if dtype.hasobject:
                         array = _IndexUnpickler(f, encoding="latin1").load()
                     else:
-                        data = np.frombuffer(f.read(), dtype=dtype, count=int(np.prod(shape)))
+                        data = np.frombuffer(f.read(), dtype=dtype, count=int(np.prod(shape))).copy()
                         array = data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
                 out[member[:-4]] = array
     except (zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as exc:
@@ -340,8 +343,7 @@ def export_megadepth(dataset: str | os.PathLike, output: str | os.PathLike, scen
             sparse = data.sparse(scene, k)
             _write_depth_h5(out / rel_depth, sparse["depth"])
             K = np.asarray(entry["K"], np.float64)
-            K_colmap = K.copy()
-            K_colmap[:2, 2] += COLMAP_PIXEL_SHIFT
+            K_colmap = intrinsics_to_colmap(K)
             T = np.asarray(entry["T_cam_from_world"], np.float64)
             images.append(rel_image)
             depths.append(rel_depth)

@@ -94,6 +94,14 @@ def intrinsics_from_colmap(K: np.ndarray) -> np.ndarray:
     return K
 
 
+def intrinsics_to_colmap(K: np.ndarray) -> np.ndarray:
+    """The inverse of `intrinsics_from_colmap`: principal point moved by +0.5 (e.g. MegaDepth's indices)."""
+    K = np.array(K, np.float64, copy=True)
+    K[0, 2] += COLMAP_PIXEL_SHIFT
+    K[1, 2] += COLMAP_PIXEL_SHIFT
+    return K
+
+
 def read_colmap_array(path: str | os.PathLike) -> np.ndarray:
     """Read a COLMAP dense array (depth/normal map ``*.bin``): ASCII header ``W&H&C&`` then float32
     planes (channel-major, each row-major). Returns (H, W) for one channel, else (H, W, C)."""
