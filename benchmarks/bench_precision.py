@@ -8,7 +8,9 @@ share of the fp32 keypoints with a keypoint of the variant within 0.5 px, and MM
 (../shared/data/hpatches_subset, mutual NN, `localfeat.eval.hpatches.evaluate_hpatches`) with its
 difference to fp32. R2D2's bf16 is its own path (BatchNorm folded, bf16 trunk, fp32 heads); the other
 models' is torch.autocast(bfloat16) around the whole extraction. `--compile MODEL` adds torch.compile of
-that model's network (fp32): the first-call cost and the steady ratio to eager.
+that model's network (fp32): the first-call cost and the steady ratio to eager. `--pipeline MODEL` adds
+`localfeat.extract` of the images into a feature store with decode + resize overlapped with the network
+(prefetch_images=1) against all in one thread (0), and checks that the two stores hold the same arrays.
 
     python benchmarks/bench_precision.py
     python benchmarks/bench_precision.py --models xfeat --rounds 1 --compile xfeat
@@ -117,6 +119,37 @@ def measure_compile(spec: str, names: list[str], root: Path, args) -> str:
             f"keypoints within 0.5 px of eager: {100 * np.mean(same):.1f}%")
 
 
+def measure_pipeline(spec: str, names: list[str], root: Path, out: Path, args) -> str:
+    """Wall time of `localfeat.pipeline.extract` over the images with prefetch_images 1 vs 0, interleaved."""
+    import h5py
+
+    from localfeat.pipeline import extract
+
+    name, conf = parse_model_spec(spec)
+    ex = load_extractor(name, **{**conf, "resize_max": args.resize_max, "max_keypoints": args.keypoints,
+                                 "device": "cpu"})
+    items = [(n, root / n) for n in names]
+    ex.extract(root / names[0])
+    best = {0: float("inf"), 1: float("inf")}
+    for r in range(max(2, args.rounds)):
+        for depth in ((0, 1) if r % 2 == 0 else (1, 0)):
+            t = time.perf_counter()
+            extract(items, out / f"pipeline_{depth}.h5", extractor=ex, overwrite=True, prefetch_images=depth)
+            best[depth] = min(best[depth], time.perf_counter() - t)
+
+    def arrays(path):
+        with h5py.File(path, "r") as f:
+            found = {}
+            f.visititems(lambda k, v: found.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None)
+            return found
+
+    a, b = arrays(out / "pipeline_0.h5"), arrays(out / "pipeline_1.h5")
+    same = sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    return (f"pipeline.extract({name}, {len(names)} images from disk): decode + resize overlapped "
+            f"(prefetch_images=1) {best[1]:.2f} s vs in one thread {best[0]:.2f} s = ratio {best[1] / best[0]:.2f} "
+            f"(best of {max(2, args.rounds)}); identical stores: {same}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), help="model specs (NAME or NAME:key=value,...)")
@@ -129,6 +162,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=None, help="time and compare only the first N images "
                    "(MMA needs all; a smoke run)")
     p.add_argument("--compile", default=None, metavar="MODEL", help="also measure torch.compile on this model")
+    p.add_argument("--pipeline", default=None, metavar="MODEL",
+                   help="also time the batch pipeline with and without the decode/resize thread")
     p.add_argument("--output", default=None, help="keep the evaluation folders here (default: a temporary one)")
     args = p.parse_args()
     if "fp32" not in args.variants:
@@ -159,6 +194,7 @@ def main() -> int:
                                                if full else float("nan"))
             rows.append((spec, v, f"{r['seconds']:.3f} | {r['seconds'] / ref['seconds']:.2f} | {count:.0f} | "
                                   f"{100 * agree:.1f}% | {mma:.3f} | {mma - mma_ref:+.3f}"))
+    pipeline_line = measure_pipeline(args.pipeline, names, root, out, args) if args.pipeline else None
     compile_line = measure_compile(args.compile, names, root, args) if args.compile else None
 
     print(f"\nCPU: {info.summary()}")
@@ -176,8 +212,9 @@ def main() -> int:
             print(f"| {spec} | {v} | {text} | | | | | |")
         else:
             print(f"| {spec} | {v} | {text} |")
-    if compile_line:
-        print(f"\n{compile_line}")
+    for line in (pipeline_line, compile_line):
+        if line:
+            print(f"\n{line}")
     print(f"\nevaluations kept in {out}")
     return 0
 
