@@ -71,16 +71,11 @@ class ConvBlock(nn.Module):
         return self.gate(self.bn2(self.conv2(x)))
 
 
-class ResBlock(nn.Module):
-    """ResNet basic block (stride 1) with a 1x1 conv (with bias) on the skip path."""
+class ResBlock(ConvBlock):
+    """ResNet basic block (stride 1): ConvBlock's layers with a 1x1 conv (with bias) on the skip path."""
 
     def __init__(self, cin: int, cout: int, gate: nn.Module, conv: Callable = conv3x3):
-        super().__init__()
-        self.gate = gate
-        self.conv1 = conv(cin, cout)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = conv(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
+        super().__init__(cin, cout, gate, conv)
         self.downsample = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
