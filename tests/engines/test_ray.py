@@ -208,3 +208,23 @@ def test_missing_ray_is_a_clear_error(monkeypatch, photos, tmp_path):
         localfeat.extract(photos, tmp_path / "f.h5", model="sift", engine="spark")
     with pytest.raises(ValueError, match=r"unknown Ray engine option\(s\) \['shards'\]"):
         engine.RayOptions.make({"shards": 3})
+
+
+def test_cli_engine_options():
+    """--engine ray and its settings reach the engine as RayOptions fields (shard size in the verb's unit)."""
+    from localfeat.cli.args import engine_options
+    from localfeat.cli.main import build_parser
+    from localfeat.engines.ray import RayOptions
+
+    parser = build_parser()
+    args = parser.parse_args(["match", "f.h5", "-o", "m.h5", "--exhaustive", "--engine", "ray", "--ray-address",
+                              "head:6379", "--shard-size", "7", "--ray-gpus", "0.5", "--ray-workers", "3"])
+    options = RayOptions.make(engine_options(args, "pairs"))
+    assert (options.address, options.shard_pairs, options.shard_images, options.num_gpus, options.workers,
+            options.num_cpus) == ("head:6379", 7, 32, 0.5, 3, 1.0)
+    args = parser.parse_args(["eval", "hpatches", "--root", "r", "--model", "sift", "-o", "o", "--engine", "ray",
+                              "--shard-size", "5"])
+    assert RayOptions.make(engine_options(args)).shard_images == 5
+    assert engine_options(parser.parse_args(["extract", "photos", "-o", "f.h5"])) is None  # --engine local
+    with pytest.raises(ValueError, match="shard_images must be >= 1, got 0"):
+        RayOptions(shard_images=0)
