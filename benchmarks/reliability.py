@@ -12,8 +12,9 @@ with a time limit and is classified as one of:
     .venv/bin/python benchmarks/reliability.py            # the full run (about 15 min on 2 busy cores)
     .venv/bin/python benchmarks/reliability.py --quick    # fewer trials
 
-The disk-full family uses a real 1 MiB tmpfs when this process may mount one (root), else a file-size
-limit (RLIMIT_FSIZE), which fails writes the same way (EFBIG instead of ENOSPC).
+The disk-full family uses a real 8 MiB tmpfs, filled up to a headroom, when this process may mount one
+(root), else a file-size limit (RLIMIT_FSIZE), which fails writes the same way (EFBIG instead of ENOSPC).
+(A merge reserves twice the journal plus 1 MiB before writing, so the tmpfs must hold more than 1 MiB.)
 """
 from __future__ import annotations
 
@@ -223,7 +224,7 @@ def _mount_tmpfs(path: Path) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
                           capture_output=True).returncode == 0
 
 
@@ -242,7 +243,7 @@ def family_disk_full(work: Path) -> None:
     old_pairs.write_text("".join(f"{names[0]} {b}\n" for b in names[1:6]))
     mount = work / "full"
     use_tmpfs = _mount_tmpfs(mount)
-    notes["disk full"].append("real 1 MiB tmpfs" if use_tmpfs else "RLIMIT_FSIZE (not root: no tmpfs)")
+    notes["disk full"].append("real 8 MiB tmpfs" if use_tmpfs else "RLIMIT_FSIZE (not root: no tmpfs)")
     try:
         for headroom in (0, 2_000, 8_000, 32_000, 128_000, 400_000):
             folder = mount if use_tmpfs else work / "fsize"
