@@ -194,6 +194,7 @@ def main() -> int:
                                                if full else float("nan"))
             rows.append((spec, v, f"{r['seconds']:.3f} | {r['seconds'] / ref['seconds']:.2f} | {count:.0f} | "
                                   f"{100 * agree:.1f}% | {mma:.3f} | {mma - mma_ref:+.3f}"))
+            print(f"measured: | {spec} | {v} | {rows[-1][2]} |", flush=True)  # kept if the run is cut short
     pipeline_line = measure_pipeline(args.pipeline, names, root, out, args) if args.pipeline else None
     compile_line = measure_compile(args.compile, names, root, args) if args.compile else None
 
