@@ -2,9 +2,10 @@
 
 HPatches real sequences of ../shared/data/hpatches_subset (D2-Net protocol: mutual NN, MMA in
 original-image pixels, homography accuracy at 3 px by the ALIKE protocol), images at a longer side of 640,
-2,048 keypoints; CPU seconds per image with `--threads` torch threads (median of the 12 images, after a
-warm-up); relative-pose AUC on the ScanNet sample (15 pairs, extraction at 640, RANSAC 2 px at full
-resolution). Needs ../shared/data (or LOCALFEAT_SHARED_DATA).
+2,048 keypoints; CPU seconds per image with `--threads` torch threads (median over 3 rounds of the 12
+images, each model in a fresh process, after a warm-up); relative-pose AUC on the ScanNet
+sample (15 pairs, extraction at 640, RANSAC 2 px at full resolution).
+Needs ../shared/data (or LOCALFEAT_SHARED_DATA).
 
     python benchmarks/bench_lite.py                  # the table of docs/lite.md
     python benchmarks/bench_lite.py --weights runs/lite/weights.pt --skip-pose
@@ -34,7 +35,8 @@ from localfeat.registry import load_extractor  # noqa: E402
 MODELS = ("lite", "xfeat", "alike:variant=alike-t", "aliked:variant=aliked-n16", "sift")
 
 
-def seconds_per_image(spec: str, images: list[Path], resize_max: int, keypoints: int) -> float:
+def image_times(spec: str, images: list[Path], resize_max: int, keypoints: int) -> list[float]:
+    """CPU seconds of each image (after a warm-up) with one model, in this process."""
     name, conf = parse_model_spec(spec)
     ex = load_extractor(name, **{**conf, "resize_max": resize_max, "max_keypoints": keypoints, "device": "cpu"})
     arrays = [read_image(p, ex.input_mode) for p in images]
@@ -44,7 +46,25 @@ def seconds_per_image(spec: str, images: list[Path], resize_max: int, keypoints:
         t = time.perf_counter()
         ex.extract(a)
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return times
+
+
+def seconds_per_image(specs: list[str], root: str, resize_max: int, keypoints: int, threads: int,
+                      rounds: int = 3) -> dict:
+    """Median CPU seconds per image of every model, each timed in a fresh process (as a user runs one model:
+    in one process, a model run after ALIKED-n16 slows down by up to 1.5x, from the allocator's state),
+    `rounds` times, the order of the models reversed every other round so that load drifts hit all alike."""
+    import json
+    import subprocess
+
+    times: dict = {spec: [] for spec in specs}
+    for r in range(rounds):
+        for spec in (specs if r % 2 == 0 else specs[::-1]):
+            out = subprocess.run([sys.executable, __file__, "--time-one", spec, "--root", root, "--resize-max",
+                                  str(resize_max), "--keypoints", str(keypoints), "--threads", str(threads)],
+                                 capture_output=True, text=True, check=True)
+            times[spec] += json.loads(out.stdout.strip().splitlines()[-1])
+    return {spec: float(np.median(t)) for spec, t in times.items()}
 
 
 def main() -> int:
@@ -55,10 +75,18 @@ def main() -> int:
     p.add_argument("--keypoints", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--root", default=str(DATA / "hpatches_subset"), help="HPatches-format folder")
+    p.add_argument("--rounds", type=int, default=3, help="timing passes over the images (one process each)")
+    p.add_argument("--time-one", metavar="SPEC", help=argparse.SUPPRESS)  # internal: time one model, print JSON
     p.add_argument("--skip-pose", action="store_true")
     p.add_argument("--output", default=None, help="keep the runs here (default: a temporary folder)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.time_one:
+        import json
+
+        print(json.dumps(image_times(args.time_one, sorted(Path(args.root).glob("*/*.ppm")), args.resize_max,
+                                     args.keypoints)))
+        return 0
     out = Path(args.output or tempfile.mkdtemp(prefix="localfeat_bench_lite_"))
     specs = [s + (f",weights={args.weights}" if s == "lite" and args.weights else "")
              if ":" in s else (s + (f":weights={args.weights}" if s == "lite" and args.weights else ""))
@@ -67,12 +95,13 @@ def main() -> int:
     res = evaluate_hpatches(args.root, sources, out / "hpatches", EvalSettings(top_k=args.keypoints), exclude=(),
                             plot=True)
     images = sorted(Path(args.root).glob("*/*.ppm"))
+    seconds = seconds_per_image(specs, args.root, args.resize_max, args.keypoints, args.threads, args.rounds)
     rows = []
     for spec, label in zip(specs, [s.label for s in sources]):
         m = res["methods"][label]
         mma = m["mma_overall"]
         hom = m["homography_accuracy"]["3"]
-        sec = seconds_per_image(spec, images, args.resize_max, args.keypoints)
+        sec = seconds[spec]
         pose = None
         if not args.skip_pose:
             name, conf = parse_model_spec(spec)

@@ -1,22 +1,31 @@
 """lite: localfeat's own small learned extractor, trained by `localfeat train --config lite`, shipped in the
 package (weights under the project's licence, no lookup or download) and the default learned model.
 
-Network (`LiteNet`, ~0.35 M parameters, grayscale input):
+Network (`LiteNet`, ~0.35 M parameters, grayscale input). No layer runs at full resolution: on a CPU a
+convolution over a few channels at full resolution costs more than the whole 1/8 trunk (memory bound).
 
-    gray (B, 1, H, W) in [0, 1] -> InstanceNorm (photometric normalisation)
-    stem  3x3 conv          8 ch  at 1      ─┐
-    b2    3x3 s2 conv      16 ch  at 1/2    ─┤ score head: 1x1 projections to 8 ch, bilinear upsampling
-    b4    2 x 3x3 (s2)     32 ch  at 1/4     │ to full resolution, summed, ReLU, 3x3 (8->4), ReLU,
-    b8    3 x 3x3 (s2)     64 ch  at 1/8     │ 3x3 (4->1), sigmoid -> scores (B, 1, H, W)
-    b16   2 x 3x3 (s2)    128 ch  at 1/16    │
-    descriptors: 1x1 projections of b4, b8, b16 to D = 64, upsampled to 1/4 and summed (FPN), ReLU,
-                 1x1 -> (B, 64, H/4, W/4), L2-normalised; the descriptor map ─┘ also feeds the score head.
-    (each conv: Conv2d without bias, BatchNorm2d, ReLU)
+    gray (B, 1, H, W) in [0, 1] -> InstanceNorm -> x
+    block2   3x3 s2 conv           8 ch  at 1/2
+    block4   3x3 s2, 3x3          32 ch  at 1/4   -> f4
+    block8   3x3 s2, 3x3          64 ch  at 1/8   -> f8
+    block16  3x3 s2, 3x3         128 ch  at 1/16  -> f16
+    (each: Conv2d without bias, BatchNorm2d, ReLU; BatchNorm is folded into the conv for inference)
+    coarse descriptors  g8 = desc8(f8) + up(desc16(f16))            (B, D, H/8, W/8), 1x1 convs, D = 64
+    descriptor at pixel p = normalise(desc4(f4 sampled at p) + g8 sampled at p)   (bilinear, border-clamped)
+    score head at 1/4   h = head4([unshuffle4(x), f4]) + up(head8(g8))   head4: 3x3 (16 + 32 -> 32), head8: 1x1
+                          (64 -> 32); unshuffle4 = the 16 pixels of each 4x4 cell as channels
+    scores = sigmoid(shuffle4(head_out(h)))    head_out: ReLU, 1x1 (32 -> 32), ReLU, 1x1 (32 -> 16);
+                          shuffle4 = pixel shuffle: each 1/4 cell predicts its 16 pixels. head4's 3x3 sees the
+                          neighbouring cells' pixels, so the map is continuous across cell borders (with 1x1
+                          layers only, peaks piled up on the cell borders: 40% of them at x = 3 mod 4)
+
+desc4 is a 1x1 conv (linear), so sampling f4 and then applying it equals sampling desc4(f4): the extractor
+samples the 32-channel f4 at the keypoints only and never builds a 1/4-resolution descriptor map; training
+builds the full-resolution map (`dense_descriptors`), equal to the extractor's descriptors at every pixel.
 
 Keypoints: ALIKE's DKD on the score map (`_dkd.detect_keypoints`: iterative NMS of radius `nms_radius`,
 border, the `max_keypoints` best or the peaks above `detection_threshold`, soft-argmax sub-pixel
-refinement). Descriptors: the 1/4-resolution map sampled bilinearly at the keypoints, L2-normalised.
-The input is replicate-padded to a multiple of 16 and the maps cropped back.
+refinement). The input is replicate-padded to a multiple of 16 and the maps cropped back.
 
 Training (see docs/lite.md): the `lite` preset distils ALIKED-n16's score map and the similarity
 structure of its descriptors (`losses.distill`) and adds R2D2's AP loss on homography pairs of real
@@ -38,7 +47,7 @@ import torch.nn.functional as F
 from ..checkpoints import load_strict, state_dict_from_file
 from ..config import ConfigError
 from ..io.atomic import torch_save_atomic
-from ..ops import image_to_tensor, l2_normalize, sample_at_pixels
+from ..ops import fold_batchnorm, image_to_tensor, l2_normalize, sample_at_pixels
 from ..types import Features
 from ._dkd import detect_keypoints
 from .base import Extractor
@@ -46,8 +55,7 @@ from .base import Extractor
 logger = logging.getLogger(__name__)
 
 MULTIPLE = 16
-DESCRIPTOR_STRIDE = 4
-WIDTHS = (8, 16, 32, 64, 128)   # channels at 1, 1/2, 1/4, 1/8, 1/16
+WIDTHS = (8, 32, 64, 128)   # channels at 1/2, 1/4, 1/8, 1/16
 
 
 def packaged_weights() -> Path:
@@ -64,39 +72,56 @@ def _upsample(x: torch.Tensor, size) -> torch.Tensor:
 
 
 class LiteNet(nn.Module):
-    """The lite network (module docstring). forward: gray (B, 1, H, W) in [0, 1], H and W multiples of
-    16 -> (scores (B, 1, H, W) in [0, 1], descriptors (B, dim, H/4, W/4) L2-normalised over dim)."""
+    """The lite network (module docstring).
+
+    forward: gray (B, 1, H, W) in [0, 1], H and W multiples of 16 -> (scores (B, 1, H, W) in [0, 1],
+    f4 (B, 32, H/4, W/4), g8 (B, dim, H/8, W/8)); `describe` and `dense_descriptors` turn (f4, g8)
+    into descriptors."""
 
     def __init__(self, dim: int = 64):
         super().__init__()
-        c1, c2, c4, c8, c16 = WIDTHS
+        c2, c4, c8, c16 = WIDTHS
         self.dim = dim
         self.norm = nn.InstanceNorm2d(1)
-        self.stem = _conv(1, c1)
-        self.block2 = _conv(c1, c2, 2)
+        self.block2 = _conv(1, c2, 2)
         self.block4 = nn.Sequential(_conv(c2, c4, 2), _conv(c4, c4))
-        self.block8 = nn.Sequential(_conv(c4, c8, 2), _conv(c8, c8), _conv(c8, c8))
+        self.block8 = nn.Sequential(_conv(c4, c8, 2), _conv(c8, c8))
         self.block16 = nn.Sequential(_conv(c8, c16, 2), _conv(c16, c16))
         self.desc4 = nn.Conv2d(c4, dim, 1)
         self.desc8 = nn.Conv2d(c8, dim, 1)
         self.desc16 = nn.Conv2d(c16, dim, 1)
-        self.desc_out = nn.Sequential(nn.ReLU(), nn.Conv2d(dim, dim, 1))
-        self.score1 = nn.Conv2d(c1, 8, 1)
-        self.score2 = nn.Conv2d(c2, 8, 1)
-        self.score4 = nn.Conv2d(dim, 8, 1)
-        self.score_head = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 4, 3, 1, 1), nn.ReLU(), nn.Conv2d(4, 1, 3, 1, 1))
+        self.head4 = nn.Conv2d(16 + c4, 32, 3, 1, 1)
+        self.head8 = nn.Conv2d(dim, 32, 1)
+        self.head_out = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(32, 32, 1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(32, 16, 1))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f1 = self.stem(self.norm(image))
-        f2 = self.block2(f1)
-        f4 = self.block4(f2)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.norm(image)
+        f4 = self.block4(self.block2(x))
         f8 = self.block8(f4)
         f16 = self.block16(f8)
-        q = f4.shape[-2:]
-        d = self.desc4(f4) + _upsample(self.desc8(f8), q) + _upsample(self.desc16(f16), q)
-        desc = l2_normalize(self.desc_out(d), dim=1)
-        s = self.score1(f1) + _upsample(self.score2(f2), f1.shape[-2:]) + _upsample(self.score4(d), f1.shape[-2:])
-        return torch.sigmoid(self.score_head(s)), desc
+        g8 = self.desc8(f8) + _upsample(self.desc16(f16), f8.shape[-2:])
+        h = self.head4(torch.cat([F.pixel_unshuffle(x, 4), f4], 1)) + _upsample(self.head8(g8), f4.shape[-2:])
+        return torch.sigmoid(F.pixel_shuffle(self.head_out(h), 4)), f4, g8
+
+    def describe(self, f4: torch.Tensor, g8: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors (B, N, dim) at input pixels xy (B, N, 2) (pixel-centre convention)."""
+        w = self.desc4.weight[:, :, 0, 0]
+        fine = F.linear(sample_at_pixels(f4, xy, 4, "border"), w, self.desc4.bias)
+        return l2_normalize(fine + sample_at_pixels(g8, xy, 8, "border"), dim=-1)
+
+    def dense_descriptors(self, f4: torch.Tensor, g8: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors (B, dim, H, W) at every input pixel (what `describe` gives there)."""
+        size = (f4.shape[-2] * 4, f4.shape[-1] * 4)
+        return l2_normalize(_upsample(self.desc4(f4), size) + _upsample(g8, size), dim=1)
+
+    def fold_batchnorm(self) -> "LiteNet":
+        """Fold every eval-mode BatchNorm into its conv (inference only; same outputs up to rounding)."""
+        for block in (self.block2, *self.block4, *self.block8, *self.block16):
+            if isinstance(block[1], nn.BatchNorm2d):
+                block[0] = fold_batchnorm(block[0], block[1])
+                block[1] = nn.Identity()
+        return self
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
@@ -114,17 +139,19 @@ def to_gray(images: torch.Tensor) -> torch.Tensor:
     return (images * w).sum(1, keepdim=True)
 
 
-def load_net(weights: Optional[str | Path] = None) -> tuple[LiteNet, Path]:
-    """LiteNet with `weights` (a file written by `train_save`; None = the packaged weights), eval mode."""
+def load_net(weights: Optional[str | Path] = None, fold: bool = False) -> tuple[LiteNet, Path]:
+    """LiteNet with `weights` (a file written by `train_save`; None = the packaged weights), eval mode;
+    fold: BatchNorm folded into the convs (inference)."""
     path = Path(weights) if weights is not None else packaged_weights()
     if not path.is_file():
         raise FileNotFoundError(f"lite: weights file {path} does not exist" + (
             "" if weights is not None else " (the package is incomplete: reinstall localfeat)"))
     state = state_dict_from_file(path, entries=("lite",))
-    dim = int(state["desc_out.1.weight"].shape[0]) if "desc_out.1.weight" in state else 64
+    dim = int(state["desc8.weight"].shape[0]) if "desc8.weight" in state else 64
     net = LiteNet(dim)
     load_strict(net, state, path, "lite")
-    return net.eval(), path
+    net.eval()
+    return (net.fold_batchnorm() if fold else net), path
 
 
 class Lite(Extractor):
@@ -148,7 +175,7 @@ class Lite(Extractor):
         self.check_count("nms_radius", allow_none=False)
         if isinstance(c["detection_threshold"], bool) or not isinstance(c["detection_threshold"], (int, float)):
             raise ConfigError(f"lite: detection_threshold must be a number, got {c['detection_threshold']!r}")
-        net, self.weights_path = load_net(c["weights"])
+        net, self.weights_path = load_net(c["weights"], fold=True)
         self.net = net.to(self.device)
 
     @classmethod
@@ -160,7 +187,7 @@ class Lite(Extractor):
         h, w = image.shape[:2]
         c = self.conf
         x = image_to_tensor(image, self.device)                    # (1, 1, H, W) in [0, 1]
-        scores_map, desc_map = self.net(pad_to_multiple(x))
+        scores_map, f4, g8 = self.net(pad_to_multiple(x))
         scores_map = scores_map[..., :h, :w]
         r = int(c["nms_radius"])
         kpts, scores = detect_keypoints(scores_map, r, (r + 1, r + 1), c["max_keypoints"],
@@ -172,7 +199,7 @@ class Lite(Extractor):
         order = torch.argsort(scores, descending=True, stable=True)  # best first
         kpts, scores = kpts[order], scores[order]
         xy = (kpts + 1) / 2 * kpts.new_tensor([w - 1, h - 1])      # pixels, pixel-centre origin
-        desc = l2_normalize(sample_at_pixels(desc_map, xy[None], DESCRIPTOR_STRIDE)[0], dim=-1)
+        desc = self.net.describe(f4, g8, xy[None])[0]
         return Features(xy.cpu().numpy(), scores.float().cpu().numpy(), desc.float().cpu().numpy(), (w, h))
 
 
@@ -192,11 +219,10 @@ def train_build(conf: dict) -> LiteNet:
 
 def train_dense(net: LiteNet, images: torch.Tensor) -> dict:
     """Dense outputs for the losses: images (B, 3, H, W) RGB in [0, 1] -> 'scores' (B, 1, H, W) and
-    'descriptors' (B, D, H, W) (the 1/4 map upsampled bilinearly, L2-normalised), stride 1."""
+    'descriptors' (B, D, H, W) (`LiteNet.dense_descriptors`, L2-normalised), stride 1."""
     h, w = images.shape[-2:]
-    scores, desc = net(pad_to_multiple(to_gray(images)))
-    desc = l2_normalize(_upsample(desc, (desc.shape[-2] * DESCRIPTOR_STRIDE, desc.shape[-1] * DESCRIPTOR_STRIDE)),
-                        dim=1)
+    scores, f4, g8 = net(pad_to_multiple(to_gray(images)))
+    desc = net.dense_descriptors(f4, g8)
     return {"scores": scores[..., :h, :w], "descriptors": desc[..., :h, :w], "stride": 1}
 
 
