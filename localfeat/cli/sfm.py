@@ -25,7 +25,8 @@ def cmd_sfm(args) -> int:
     summary = reconstruct(args.images, args.output, model=model, conf=conf, matcher=matcher,
                           matcher_conf=matcher_conf, pairs=pairs, camera_model=args.camera_model,
                           camera_per_folder=args.camera_per_folder, default_focal_factor=args.default_focal_factor,
-                          seed=args.seed, mapper_options=mapper_options, verbose=args.verbose_colmap)
+                          seed=args.seed, num_threads=args.colmap_threads, mapper_options=mapper_options,
+                          verbose=args.verbose_colmap)
     print(f"sfm -> {args.output} ({summary['num_reconstructions']} reconstruction(s); the largest is in "
           f"{args.output}/sparse and {args.output}/sparse_text)")
     print(_summary_text(summary))
@@ -49,6 +50,9 @@ def register(sub, groups) -> None:
     p.add_argument("--default-focal-factor", type=float, default=1.2,
                    help="focal = factor * max(W, H) without EXIF")
     p.add_argument("--seed", type=int, default=0, help="random seed of COLMAP's RANSAC and mapper")
+    p.add_argument("--colmap-threads", type=int, default=-1, metavar="N",
+                   help="threads of COLMAP's matching verification and mapper (default -1: all cores; with more "
+                        "than 1, COLMAP's result can change from run to run even with a fixed seed)")
     p.add_argument("--mapper", nargs="*", default=[], metavar="KEY=VALUE",
                    help="pycolmap IncrementalPipelineOptions, e.g. --mapper mapper.abs_pose_min_num_inliers=15")
     p.add_argument("--verbose-colmap", action="store_true", help="show COLMAP's own log lines")
