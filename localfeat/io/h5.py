@@ -98,6 +98,20 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _open_read(path: Path) -> h5py.File:
+    """`h5py.File(path, "r")`, where a file that vanished while HDF5 opened it raises FileNotFoundError like
+    a missing one: a journal chunk merged and deleted by another writer between HDF5's open() and its stat
+    of the path fails with a plain OSError ("can't retrieve stat info for file")."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, f"{path} vanished while it was being opened") from exc
+        raise
+
+
 def _reserve(path: Path, nbytes: int) -> None:
     """Allocate `nbytes` of disk space for the file `path` before HDF5 writes to it, so that a full disk
     is a clean `OSError` here rather than a write failure inside HDF5 (which can crash the process).
@@ -199,7 +213,7 @@ class _H5Store:
         self._journal_index, self._main_keys = {}, set()
         for chunk in self._chunk_files():
             try:
-                with h5py.File(chunk, "r") as f:
+                with _open_read(chunk) as f:
                     for key in self._entry_keys(f):
                         self._journal_index[key] = chunk
             except FileNotFoundError:  # merged by another writer meanwhile
@@ -230,7 +244,7 @@ class _H5Store:
         """The main file, then each journal chunk, opened for reading (chunks merged meanwhile are skipped)."""
         for source in [self.path] + self._chunk_files():
             try:
-                f = h5py.File(source, "r")
+                f = _open_read(source)
             except FileNotFoundError:
                 continue
             with f:
@@ -297,7 +311,7 @@ class _H5Store:
         """Datasets and attributes of the group `key` of `source`; damaged or implausible contents raise
         `StoreError` naming the file, entry and dataset, before anything large is allocated."""
         try:
-            f = h5py.File(source, "r")
+            f = _open_read(source)
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -668,7 +682,7 @@ class MatchStore(_H5Store):
 
     @staticmethod
     def _pair_names(source: Path, key: str) -> tuple[str, str]:
-        with h5py.File(source, "r") as f:
+        with _open_read(source) as f:
             attrs = f[key].attrs
             if "name0" in attrs:
                 return str(attrs["name0"]), str(attrs["name1"])
