@@ -18,19 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+DATA = Path(os.environ.get("LOCALFEAT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def _same(a: Path, b: Path) -> bool:
-    from test_ray import entries  # tests/engines/test_ray.py: every group and dataset, bytes included
+    from localfeat.io.h5 import file_entries  # every group and dataset, bytes included
 
-    return entries(a) == entries(b)
+    return file_entries(a) == file_entries(b)
 
 
 def main() -> None:
@@ -42,8 +41,7 @@ def main() -> None:
     parser.add_argument("--shard-images", type=int, default=8)
     parser.add_argument("--shard-pairs", type=int, default=128)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests" / "engines"))
-    import conftest  # noqa: F401  (weights folders, offline mode)
+    os.environ["LOCALFEAT_OFFLINE"] = "1"   # SIFT needs no weights; nothing is downloaded
     import torch
 
     import localfeat
@@ -52,7 +50,7 @@ def main() -> None:
     from localfeat.pairs import exhaustive_pairs
 
     torch.set_num_threads(1)
-    src = conftest.shared("sfm_sacre_coeur_hloc", "mapping")
+    src = DATA / "sfm_sacre_coeur_hloc" / "mapping"
     photos = sorted(src.glob("*.jpg"))
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     folder = work / "images"

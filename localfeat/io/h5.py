@@ -112,6 +112,27 @@ def _open_read(path: Path) -> h5py.File:
         raise
 
 
+def file_entries(path) -> list:
+    """Every group and dataset of an HDF5 file in file order, root first: (name, attributes) for groups,
+    (name, attributes, dtype, shape, bytes) for datasets. Two files holding the same arrays, attributes and
+    order give equal lists (used to check that engines write identical stores)."""
+    def attrs_of(obj) -> dict:
+        return {k: v if isinstance(v, str) else np.asarray(v).tolist() for k, v in obj.attrs.items()}
+
+    out = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            out.append((name, attrs_of(obj), str(obj.dtype), obj.shape, obj[()].tobytes()))
+        else:
+            out.append((name, attrs_of(obj)))
+
+    with h5py.File(path, "r") as f:
+        out.append(("/", attrs_of(f)))
+        f.visititems(visit)
+    return out
+
+
 def _reserve(path: Path, nbytes: int) -> None:
     """Allocate `nbytes` of disk space for the file `path` before HDF5 writes to it, so that a full disk
     is a clean `OSError` here rather than a write failure inside HDF5 (which can crash the process).

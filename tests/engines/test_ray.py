@@ -12,13 +12,11 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
 import localfeat
 from localfeat.eval.hpatches import EvalSettings, ExtractorSource, evaluate_hpatches
-from localfeat.io.h5 import FeatureStore
+from localfeat.io.h5 import FeatureStore, file_entries
 from localfeat.pairs import exhaustive_pairs
 from conftest import REPO, shared
 
@@ -51,25 +49,8 @@ def photos(tmp_path_factory):
     return folder
 
 
-def entries(path) -> list:
-    """Every group and dataset of an HDF5 file in file order: (name, attributes, dtype, shape, bytes)."""
-    out = []
-
-    def visit(name, obj):
-        attrs = {k: np.asarray(v).tolist() if not isinstance(v, str) else v for k, v in obj.attrs.items()}
-        if isinstance(obj, h5py.Dataset):
-            out.append((name, attrs, str(obj.dtype), obj.shape, obj[()].tobytes()))
-        else:
-            out.append((name, attrs))
-
-    with h5py.File(path, "r") as f:
-        out.append(("/", {k: (v if isinstance(v, str) else np.asarray(v).tolist()) for k, v in f.attrs.items()}))
-        f.visititems(visit)
-    return out
-
-
 def assert_same_store(a, b) -> None:
-    ea, eb = entries(a), entries(b)
+    ea, eb = file_entries(a), file_entries(b)
     assert [e[0] for e in ea] == [e[0] for e in eb]
     for x, y in zip(ea, eb):
         assert x == y, f"{a} and {b} differ at {x[0]}"
