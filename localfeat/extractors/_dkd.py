@@ -93,19 +93,23 @@ def window_patches(scores_map: torch.Tensor, indices: torch.Tensor, radius: int)
 
 def detect_keypoints(scores_map: torch.Tensor, radius: int = 2, border: tuple[int, int] = (3, 2),
                      top_k: Optional[int] = None, scores_th: float = 0.2, n_limit: Optional[int] = 5000,
-                     sub_pixel: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                     sub_pixel: bool = True, temperature: float = TEMPERATURE
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Keypoints and their scores from a score map, as the original DKD.
 
     scores_map: (B, 1, H, W) float32 in [0, 1].
     Returns (keypoints, scores): per image, (N, 2) float32 (x, y) in grid coordinates
     (x_pixel / (W - 1) * 2 - 1, pixel-centre convention) and (N,) float32 bilinear samples of the map.
     See `select_peaks` for the detection options; the ALIKE border is (r + 1, r), ALIKED's (r, r).
+    temperature: of the sub-pixel soft-argmax over score differences (the originals' 0.1; lower = closer
+    to the integer peak).
     """
     with torch.autocast(scores_map.device.type, enabled=False):  # float32 under precision='bf16' too
-        return _detect_keypoints(scores_map.float(), radius, border, top_k, scores_th, n_limit, sub_pixel)
+        return _detect_keypoints(scores_map.float(), radius, border, top_k, scores_th, n_limit, sub_pixel,
+                                 float(temperature))
 
 
-def _detect_keypoints(scores_map, radius, border, top_k, scores_th, n_limit, sub_pixel):
+def _detect_keypoints(scores_map, radius, border, top_k, scores_th, n_limit, sub_pixel, temperature):
     b, _, h, w = scores_map.shape
     peaks = select_peaks(scores_map, radius, border, top_k, scores_th, n_limit)
     size = torch.tensor([w - 1, h - 1], device=scores_map.device)
@@ -116,7 +120,7 @@ def _detect_keypoints(scores_map, radius, border, top_k, scores_th, n_limit, sub
         xy = torch.stack([idx % w, torch.div(idx, w, rounding_mode="trunc")], dim=1)
         if sub_pixel:
             patch = window_patches(scores_map[i], idx, radius)  # (N, K*K)
-            x_exp = ((patch - patch.max(dim=1).values[:, None]) / TEMPERATURE).exp()
+            x_exp = ((patch - patch.max(dim=1).values[:, None]) / temperature).exp()
             residual = x_exp @ grid / x_exp.sum(dim=1)[:, None]  # soft-argmax, (N, 2)
             xy = xy + residual
         kpts = xy / size * 2 - 1

@@ -143,6 +143,11 @@ def test_dkd_on_a_hand_built_score_map():
     np.testing.assert_allclose(xy[1], [12 + dx, 8], atol=1e-5)
     # scores: bilinear samples of the map at the refined points
     np.testing.assert_allclose(scores[0][1].item(), 0.8 * (1 - dx) + 0.6 * dx, atol=1e-5)
+    # temperature 0.02 (lite's): weights exp(-0.2 / 0.02) = exp(-10) and exp(-40): the point barely moves
+    kpts_t, _ = detect_keypoints(s, radius=2, border=(3, 2), scores_th=0.2, temperature=0.02)
+    xy_t = ((kpts_t[0] + 1) / 2 * torch.tensor([15.0, 11.0])).numpy()
+    e, z = np.exp(-10.0), np.exp(-40.0)
+    np.testing.assert_allclose(xy_t[1], [12 + (e - z) / (1 + e + 23 * z), 8], atol=1e-5)
     # ALIKED's border keeps the peak on row 2 (row-major order: it comes first)
     kpts2, _ = detect_keypoints(s, radius=2, border=(2, 2), scores_th=0.2)
     xy2 = ((kpts2[0] + 1) / 2 * torch.tensor([15.0, 11.0])).numpy()
