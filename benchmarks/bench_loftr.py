@@ -199,10 +199,13 @@ def memory_child(which, threads):
     net = loftr if which == "loftr" else eloftr.reparameterize()
     del loftr, eloftr
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    if which == "efficientloftr":  # its backbone needs multiples of 32: bottom rows padded as match_images does
+        im0, im1 = (torch.nn.functional.pad(im, (0, 0, 0, 16)) for im in (im0, im1))
     with torch.inference_mode():
         t, out = timed(lambda: net(im0, im1))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    print(f"{which} 1600x1200 (L = S = 30000 coarse cells): {t:.1f} s, peak RSS {peak:.2f} GiB "
+    size = "x".join(str(v) for v in im0.shape[:-3:-1])
+    print(f"{which} {size} (L = S = {im0.shape[-1] // 8 * (im0.shape[-2] // 8)} coarse cells): {t:.1f} s, peak RSS {peak:.2f} GiB "
           f"(model loaded: {before:.2f} GiB), {len(out['keypoints0'])} matches")
 
 

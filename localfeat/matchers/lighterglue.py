@@ -59,11 +59,12 @@ class LighterGlue(GlueMatcher):
       width_confidence: point pruning (0.95 as the original; None = off).
       filter_threshold: minimum match probability (0.1, the original's `min_conf`; None = every mutual pair).
       weights:          path of a compatible file (default: the official xfeat-lighterglue.pt).
+      precision:        'fp32' (default) or 'bf16' (torch.autocast bfloat16, as LightGlue's option).
     """
 
     name = "lighterglue"
     default_conf = {"n_layers": N_LAYERS, "depth_confidence": None, "width_confidence": 0.95,
-                    "filter_threshold": 0.1, "weights": None}
+                    "filter_threshold": 0.1, "weights": None, "precision": "fp32"}
 
     def __init__(self, **conf):
         super().__init__(**conf)

@@ -32,7 +32,7 @@ def inputs(ref: dict) -> tuple[Features, Features]:
 def test_registered_with_the_original_settings_and_pinned_file():
     assert get_class("matcher", "lighterglue") is LighterGlue
     assert LighterGlue.default_conf == {"n_layers": 6, "depth_confidence": None, "width_confidence": 0.95,
-                                        "filter_threshold": 0.1, "weights": None}
+                                        "filter_threshold": 0.1, "weights": None, "precision": "fp32"}
     spec = WEIGHTS["xfeat"]
     assert hub.sha256_file(shared(*OFFICIAL_FILE)) == spec.sha256 and spec.licence == "Apache-2.0"
     assert LighterGlue.weight_specs(LighterGlue.all_defaults()) == [spec]

@@ -123,3 +123,18 @@ def test_lighterglue_file_given_to_lightglue_says_which_matcher():
     path = shared("weights_xfeat_official", "xfeat-lighterglue.pt")
     with pytest.raises(CheckpointError, match="LighterGlue file .* load it with the matcher 'lighterglue'"):
         load_matcher("lightglue", features="disk", weights=str(path), device="cpu")
+
+
+def test_bf16_precision_agrees_with_fp32_and_is_checked():
+    """precision='bf16' (autocast): most matches equal fp32's (IoU 0.90 measured on this pair, adaptive mode;
+    bf16 rounding moves match probabilities near the 0.1 threshold), same layer count, float32 outputs."""
+    ref = reference("disk")
+    f0, f1 = inputs(ref)
+    fp32 = load_matcher("lightglue", features="disk", device="cpu").run(f0, f1)
+    bf16 = load_matcher("lightglue", features="disk", device="cpu", precision="bf16").run(f0, f1)
+    a, b = match_set(fp32["matches"].numpy()), match_set(bf16["matches"].numpy())
+    assert len(a & b) / len(a | b) > 0.8
+    assert bf16["stop"] == fp32["stop"] == 7
+    assert bf16["scores"].dtype == torch.float32
+    with pytest.raises(Exception, match="precision"):
+        load_matcher("lightglue", features="disk", precision="fp16")
