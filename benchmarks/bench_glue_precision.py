@@ -32,16 +32,13 @@ CASES = [("lightglue", "disk", "adaptive"), ("lightglue", "disk", "full"), ("lig
 
 
 def pair(features: str) -> tuple[Features, Features]:
-    name = "lighterglue_sacre_coeur_1_2" if features == "xfeat" else f"lightglue_{features}_sacre_coeur_1_2"
+    """The two stored feature sets of the reference pair of `features` (their files name the scores
+    'keypoint_scores' for LightGlue, 'scores' for LighterGlue)."""
+    name, scores = (("lighterglue_sacre_coeur_1_2", "scores") if features == "xfeat"
+                    else (f"lightglue_{features}_sacre_coeur_1_2", "keypoint_scores"))
     ref = dict(np.load(OFFICIAL / f"{name}.npz"))
-    scores = "keypoint_scores" if f"keypoint_scores0" in ref else "scores"
-    out = []
-    for i in (0, 1):
-        kp, desc = ref[f"keypoints{i}"], ref[f"descriptors{i}"]
-        sc = ref.get(f"{scores}{i}", np.ones(len(kp), np.float32))
-        size = tuple(int(v) for v in ref[f"image_size{i}"]) if f"image_size{i}" in ref else None
-        out.append(Features(kp, sc.astype(np.float32), desc, size))
-    return out[0], out[1]
+    return tuple(Features(ref[f"keypoints{i}"], ref[f"{scores}{i}"], ref[f"descriptors{i}"],
+                          tuple(int(v) for v in ref[f"image_size{i}"])) for i in (0, 1))
 
 
 def main() -> int:

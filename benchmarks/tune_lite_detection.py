@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOCALFEAT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-from localfeat.datasets.synth import generate  # noqa: E402
+from localfeat.datasets.synth import generate, list_photos  # noqa: E402
 from localfeat.eval.hpatches import EvalSettings, ExtractorSource, evaluate_hpatches  # noqa: E402
 
 
@@ -43,8 +43,8 @@ def main() -> int:
     out = Path(args.output or tempfile.mkdtemp(prefix="localfeat_tune_lite_"))
     root = out / "sequences"
     if not root.is_dir():
-        n = len([q for q in Path(args.photos).iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png", ".ppm")])
-        generate(root, n_sequences=2 * n, seed=args.seed, photos=args.photos, image_max_size=640)
+        n_photos = len(list_photos(args.photos))  # one illumination and one viewpoint sequence each
+        generate(root, n_sequences=2 * n_photos, seed=args.seed, photos=args.photos, image_max_size=640)
     grid = [(r, t) for r in args.radii for t in args.temperatures]
     weights = f",weights={args.weights}" if args.weights else ""
     sources = [ExtractorSource(f"lite:nms_radius={r},subpixel_temperature={t}{weights}",

@@ -48,7 +48,7 @@ class Extractor(Model):
                   that instead of autocast. No effect on models without a network (SIFT).
       channels_last: False (default) or True: the model's networks are converted to channels-last
                   (NHWC) memory, which oneDNN / cuDNN convolutions often run faster; values equal up to
-                  rounding. Some models already run channels-last whatever this says (ALIKE, ALIKED).
+                  rounding. Some models already run channels-last whatever this says (ALIKE, ALIKED, lite).
     `precision` and `channels_last` at their defaults are left out of config hashes (see
     `localfeat.config.conf_hash`): stores written before these options existed stay valid.
     """

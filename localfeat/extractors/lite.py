@@ -1,7 +1,7 @@
 """lite: localfeat's own small learned extractor, trained by `localfeat train --config lite`, shipped in the
 package (weights under the project's licence, no lookup or download) and the default learned model.
 
-Network (`LiteNet`, ~0.35 M parameters, grayscale input). No layer runs at full resolution: on a CPU a
+Network (`LiteNet`, 0.32 M parameters, grayscale input). No layer runs at full resolution: on a CPU a
 convolution over a few channels at full resolution costs more than the whole 1/8 trunk (memory bound).
 
     gray (B, 1, H, W) in [0, 1] -> InstanceNorm -> x
@@ -163,9 +163,9 @@ class Lite(Extractor):
       nms_radius:          NMS radius in pixels (window 2r + 1).
       subpixel_temperature: temperature of the sub-pixel soft-argmax over the (2r + 1)^2 window of score
                            differences (ALIKE's DKD uses 0.1); 0 = integer peaks.
-    The defaults (radius 1, temperature 0.05) were chosen by benchmarks/tune_lite_detection.py on synthetic
-    sequences of photos that are neither training nor validation images (docs/lite.md).
       weights:             None = the weights shipped in the package, or a file written by `localfeat train`.
+    The detection defaults (radius 1, temperature 0.05) were chosen by benchmarks/tune_lite_detection.py on
+    synthetic sequences of photos that are neither training nor validation images (docs/lite.md).
     Activations are channels-last (oneDNN's convolutions run ~1.4x faster on a CPU; same outputs up to rounding).
     """
 
@@ -200,8 +200,7 @@ class Lite(Extractor):
         scores_map = scores_map[..., :h, :w].contiguous()
         r, t = int(c["nms_radius"]), float(c["subpixel_temperature"])
         kpts, scores = detect_keypoints(scores_map, r, (r + 1, r + 1), c["max_keypoints"],
-                                        float(c["detection_threshold"]), None, sub_pixel=t > 0,
-                                        temperature=max(t, 1e-6))
+                                        float(c["detection_threshold"]), None, sub_pixel=t > 0, temperature=t)
         kpts, scores = kpts[0], scores[0]
         if c["detection_threshold"] > 0:  # also after the sub-pixel refinement moved the score
             keep = scores > c["detection_threshold"]
