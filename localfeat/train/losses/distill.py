@@ -13,7 +13,9 @@ Terms (each multiplied by its weight; a weight of 0 skips the term):
   detection:   mean over pixels of the binary cross-entropy of the student's map P against T:
                -(T log P + (1 - T) log(1 - P)), P clamped to [1e-6, 1 - 1e-6].
   descriptors: similarity-structure distillation, dimension-free: per pair, K points of each image
-               (the student's `num_points` best NMS peaks, detached), the student descriptors s_i
+               (the student's `num_points` best NMS peaks, detached, plus `grid_points` cell centres of the
+               stride-`grid` grid drawn uniformly at random, so that the teacher's whole descriptor field is
+               distilled, not only where the student fires), the student descriptors s_i
                (bilinear on its map) and the teacher's t_i (G sampled bilinearly, re-normalised) of all
                2K points; row-wise softmax of the similarity matrices over the other points (diagonal
                excluded) at temperature tau: KL(softmax(t t^T / tau) || softmax(s s^T / tau)), mean over
@@ -166,6 +168,22 @@ def student_points(scores: torch.Tensor, k: int, nms: int, border: int = 4) -> t
     return torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1).float()
 
 
+def random_grid_points(b: int, h: int, w: int, n: int, grid: int, border: int = 4) -> torch.Tensor:
+    """(B, n, 2) pixel centres (x, y) = (g*j + (g-1)/2, g*i + (g-1)/2) of n distinct stride-g grid cells per image,
+    drawn uniformly (torch's global generator) among the cells whose centre is at least `border` pixels from
+    the edges; the teacher's grid descriptors are read there without interpolation."""
+    g = grid
+    ci = torch.arange(h // g, dtype=torch.float32) * g + (g - 1) / 2
+    cj = torch.arange(w // g, dtype=torch.float32) * g + (g - 1) / 2
+    ci = ci[(ci >= border) & (ci <= h - 1 - border)]
+    cj = cj[(cj >= border) & (cj <= w - 1 - border)]
+    cells = len(ci) * len(cj)
+    if n > cells:
+        raise ConfigError(f"loss 'distill': grid_points={n} exceeds the {cells} grid cells of a {w}x{h} image")
+    idx = torch.stack([torch.randperm(cells)[:n] for _ in range(b)])
+    return torch.stack([cj[idx % len(cj)], ci[torch.div(idx, len(cj), rounding_mode="floor")]], -1)
+
+
 def relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean row-wise KL(softmax(t t^T / tau) || softmax(s s^T / tau)) over (B, N, D*) descriptor sets, the
     diagonal excluded."""
@@ -184,7 +202,7 @@ class DistillLoss(Loss):
 
     name = "distill"
     default_conf = {"teacher": "aliked:variant=aliked-n16", "detection": 1.0, "descriptors": 1.0, "cosine": 0.0,
-                    "num_points": 256, "temperature": 0.05, "grid": 4, "nms": 5, "cache": None}
+                    "num_points": 256, "grid_points": 0, "temperature": 0.05, "grid": 4, "nms": 5, "cache": None}
     requires = ("descriptors", ("scores", "logits", "repeatability"))
 
     def __init__(self, **conf):
@@ -194,6 +212,9 @@ class DistillLoss(Loss):
             v = c[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"loss 'distill': {key} must be a positive integer, got {v!r}")
+        gp = c["grid_points"]
+        if isinstance(gp, bool) or not isinstance(gp, int) or gp < 0:
+            raise ConfigError(f"loss 'distill': grid_points must be an integer >= 0, got {gp!r}")
         if not isinstance(c["teacher"], str) or not c["teacher"]:
             raise ConfigError(f"loss 'distill': teacher must be a model spec such as 'aliked:variant=aliked-n16', "
                               f"got {c['teacher']!r}")
@@ -226,6 +247,9 @@ class DistillLoss(Loss):
             b = len(batch["image0"])
             k = min(int(c["num_points"]), p.shape[-1] * p.shape[-2] // 16)
             xy = student_points(p, k, int(c["nms"]))                       # (2B, K, 2)
+            if c["grid_points"]:
+                extra = random_grid_points(len(p), p.shape[-2], p.shape[-1], int(c["grid_points"]), int(c["grid"]))
+                xy = torch.cat([xy, extra.to(xy.device)], dim=1)             # (2B, K + n, 2)
             s = l2_normalize(sample_at_pixels(d, xy), dim=-1)                      # (2B, K, D)
             t = l2_normalize(sample_at_pixels(t_desc, xy, int(c["grid"])), dim=-1)  # (2B, K, Dt)
             if c["descriptors"]:

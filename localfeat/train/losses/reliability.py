@@ -5,6 +5,11 @@
   in image 1), with a base kappa (default 0.5):
       loss = 1 - mean_i( AP_i * R_i + kappa * (1 - R_i) ).
   A pixel whose AP is below kappa lowers its loss by predicting R -> 0, above kappa by R -> 1.
+  quality (default 'ap'): the per-query score in [0, 1] that R weights. 'hardnet' puts HardNet's
+  hardest-negative triplet in the place of AP (the study's "HardNet reliability" variant):
+      q_i = 1 - relu(margin + d(a, p) - min_n d(a, n)) / (margin + 2),
+  L2 distances of unit vectors lie in [0, 2], so q_i is in [0, 1] and equals 1 exactly when the
+  triplet is satisfied by the margin; the `ap` term logs q then.
   start_step (default 0): before this training step the term is 0 (no gradient; ap and R are still
   logged). From scratch every pixel's AP starts below kappa, so R collapses to ~0 everywhere within a
   few tens of Adam steps and stays there (its gradient is scaled by R (1 - R)); starting the term once
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ...config import ConfigError
 from ._base import Loss, flow_at_map, masked_mean
 from ._sampling import SAMPLER_DEFAULTS, gather, sample_pixels
 from .ap import AP_DEFAULTS, pixel_ap
@@ -31,12 +37,22 @@ class ReliabilityLoss(Loss):
     """R2D2's AP loss with the reliability-weighted base. Terms: total, ap, reliability."""
 
     name = "reliability"
-    default_conf = {**AP_DEFAULTS, "kappa": 0.5, "start_step": 0}
+    default_conf = {**AP_DEFAULTS, "kappa": 0.5, "start_step": 0, "quality": "ap", "margin": 1.0}
     requires = ("descriptors", "reliability")
+
+    def __init__(self, **conf):
+        super().__init__(**conf)
+        if self.conf["quality"] not in ("ap", "hardnet"):
+            raise ConfigError(f"loss 'reliability': quality must be 'ap' or 'hardnet', got {self.conf['quality']!r}")
 
     def forward(self, out0, out1, batch, step=0):
         self.check(out0)
-        ap, s = pixel_ap(out0, out1, batch, self.conf)
+        if self.conf["quality"] == "hardnet":
+            margin = float(self.conf["margin"])
+            triplet, _, _, s = pixel_hardest_triplet(out0, out1, batch, self.conf)
+            ap = 1 - triplet / (margin + 2)
+        else:
+            ap, s = pixel_ap(out0, out1, batch, self.conf)
         zero = out0["descriptors"].sum() * 0 + out0["reliability"].sum() * 0
         if len(ap) == 0:
             return {"total": zero + 1, "ap": zero.detach(), "reliability": zero.detach()}
@@ -58,6 +74,30 @@ def hardest_triplet(anchor: torch.Tensor, positive: torch.Tensor, negatives: tor
     return torch.relu(margin + d_pos - d_neg)
 
 
+def pixel_hardest_triplet(out0: dict, out1: dict, batch: dict, conf: dict):
+    """Per-query hardest-negative triplet loss (N,), d(a, p) (N,), min_n d(a, n) (N,) and the samples, over the
+    sampler's pixels: the positive is the query's target in image 1, the negatives its ring and the far
+    distractors. conf: sampler keys, margin."""
+    desc0, desc1 = out0["descriptors"], out1["descriptors"]
+    flow, valid = flow_at_map(batch, int(out0.get("stride", 1)), desc0.shape[-2:])
+    s = sample_pixels(flow, valid, conf)
+    if len(s) == 0:
+        empty = desc0.new_zeros(0)
+        return empty, empty, empty, s
+    a = gather(desc0, s.b, s.qy, s.qx)
+    p = gather(desc1, s.b, s.ty, s.tx)
+    ring = gather(desc1, s.b[:, None], s.ring_y, s.ring_x)
+    dis = gather(desc1, s.dis_b, s.dis_y, s.dis_x)
+    # Distractors: the distance matrix once (N x M), not N copies of the descriptors.
+    d_dis = torch.cdist(a[None], dis[None])[0]
+    d_dis = torch.where(s.far, d_dis, torch.full_like(d_dis, float("inf"))).min(dim=1).values
+    d_ring = (a[:, None] - ring).norm(dim=-1)
+    d_ring = torch.where(s.ring_valid, d_ring, torch.full_like(d_ring, float("inf"))).min(dim=1).values
+    d_neg = torch.minimum(d_dis, d_ring)
+    d_pos = (a - p).norm(dim=-1)
+    return torch.relu(float(conf["margin"]) + d_pos - d_neg), d_pos, d_neg, s
+
+
 class HardestTripletLoss(Loss):
     """HardNet-style hardest-negative triplet margin loss on the sampler's pixels.
     Terms: total, pos_dist, neg_dist."""
@@ -68,22 +108,8 @@ class HardestTripletLoss(Loss):
 
     def forward(self, out0, out1, batch, step=0):
         self.check(out0)
-        desc0, desc1 = out0["descriptors"], out1["descriptors"]
-        flow, valid = flow_at_map(batch, int(out0.get("stride", 1)), desc0.shape[-2:])
-        s = sample_pixels(flow, valid, self.conf)
+        loss, d_pos, d_neg, s = pixel_hardest_triplet(out0, out1, batch, self.conf)
         if len(s) == 0:
-            zero = desc0.sum() * 0
+            zero = out0["descriptors"].sum() * 0
             return {"total": zero, "pos_dist": zero.detach(), "neg_dist": zero.detach()}
-        a = gather(desc0, s.b, s.qy, s.qx)
-        p = gather(desc1, s.b, s.ty, s.tx)
-        ring = gather(desc1, s.b[:, None], s.ring_y, s.ring_x)
-        dis = gather(desc1, s.dis_b, s.dis_y, s.dis_x)
-        # Distractors: the distance matrix once (N x M), not N copies of the descriptors.
-        d_dis = torch.cdist(a[None], dis[None])[0]
-        d_dis = torch.where(s.far, d_dis, torch.full_like(d_dis, float("inf"))).min(dim=1).values
-        d_ring = (a[:, None] - ring).norm(dim=-1)
-        d_ring = torch.where(s.ring_valid, d_ring, torch.full_like(d_ring, float("inf"))).min(dim=1).values
-        d_neg = torch.minimum(d_dis, d_ring)
-        d_pos = (a - p).norm(dim=-1)
-        loss = torch.relu(float(self.conf["margin"]) + d_pos - d_neg)
         return {"total": masked_mean(loss), "pos_dist": d_pos.mean().detach(), "neg_dist": d_neg.mean().detach()}

@@ -11,7 +11,7 @@ from localfeat.config import ConfigError
 from localfeat.extractors import lite
 from localfeat.train.losses import build_loss
 from localfeat.ops import sample_at_pixels
-from localfeat.train.losses.distill import DistillLoss, relational_kl, student_points
+from localfeat.train.losses.distill import DistillLoss, random_grid_points, relational_kl, student_points
 
 
 def test_relational_kl_hand_computed():
@@ -46,6 +46,40 @@ def test_student_points_and_sampling_hand_case():
     dense = j.view(1, 1, 1, 8).expand(1, 1, 8, 8).contiguous()
     v = sample_at_pixels(dense, torch.tensor([[[9.5, 9.5], [13.5, 2.0]]]), stride=4)
     assert v[0, :, 0].tolist() == pytest.approx([9.5, 13.5])
+
+
+def test_random_grid_points_are_distinct_cell_centres_inside_the_border():
+    torch.manual_seed(0)
+    # 32x24 image, stride 4: centres 1.5, 5.5, ..., 29.5 (x) and 1.5, ..., 21.5 (y); border 4 keeps
+    # x in {5.5, ..., 25.5} (6 values) and y in {5.5, ..., 17.5} (4 values): 24 cells.
+    xy = random_grid_points(3, 24, 32, 24, grid=4, border=4)
+    assert xy.shape == (3, 24, 2)
+    for pts in xy:
+        cells = {(float(x), float(y)) for x, y in pts}
+        assert len(cells) == 24
+        assert cells == {(4 * j + 1.5, 4 * i + 1.5) for j in range(1, 7) for i in range(1, 5)}
+    with pytest.raises(ConfigError, match="grid_points=25 exceeds the 24 grid cells of a 32x24 image"):
+        random_grid_points(1, 24, 32, 25, grid=4, border=4)
+
+
+def test_distill_grid_points_add_cells_to_the_relational_term():
+    # A student equal to a 64-D dense teacher (ALIKE-t) scores 0 at any points; a random student does not,
+    # and its term changes when random cells join its peaks.
+    batch = _batch(32)
+    plain = DistillLoss(teacher="alike:variant=alike-t", detection=0.0, num_points=8, grid=1)
+    s, d = plain.teacher(torch.device("cpu")).targets(torch.cat([batch["image0"], batch["image1"]]))
+    mixed = DistillLoss(teacher="alike:variant=alike-t", detection=0.0, num_points=8, grid_points=40, grid=1)
+    perfect = ({"scores": s[:2], "descriptors": d[:2], "stride": 1}, {"scores": s[2:], "descriptors": d[2:], "stride": 1})
+    torch.manual_seed(0)
+    assert float(mixed(*perfect, batch)["descriptors"]) == pytest.approx(0.0, abs=1e-5)
+    rnd = torch.nn.functional.normalize(torch.randn(4, 16, 32, 32), dim=1)
+    student = ({"scores": s[:2], "descriptors": rnd[:2], "stride": 1}, {"scores": s[2:], "descriptors": rnd[2:], "stride": 1})
+    torch.manual_seed(0)
+    a = float(mixed(*student, batch)["descriptors"])
+    b = float(plain(*student, batch)["descriptors"])
+    assert a > 0 and b > 0 and abs(a - b) > 1e-4
+    with pytest.raises(ConfigError, match="grid_points"):
+        DistillLoss(grid_points=-1)
 
 
 def _batch(size: int = 64, seed: int = 0) -> dict:

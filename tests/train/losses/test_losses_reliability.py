@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from localfeat.config import ConfigError
 from localfeat.train.losses import LossInputError
 from localfeat.train.losses.reliability import (HardestTripletLoss, ReliabilityLoss, hardest_triplet,
                                                 reliability_weighted)
@@ -103,3 +104,21 @@ def test_reliability_loss_starts_at_start_step():
     at["total"].backward()
     # d loss / d R at every query = (kappa - AP) / n_queries averaged over both views: negative.
     assert rel.grad.sum().item() == pytest.approx(-0.5, abs=1e-5)
+
+
+def test_reliability_hardnet_quality_is_the_scaled_triplet():
+    # quality 'hardnet': q = 1 - triplet / (margin + 2). With R = 1 the loss is 1 - mean q = mean triplet / 3,
+    # i.e. the HardNet loss of the same sampled pixels divided by 3; with R = 0 it is kappa's 0.5.
+    desc, batch = _pair()
+    outs = {"descriptors": desc, "reliability": torch.ones(1, 1, 32, 32)}
+    torch.manual_seed(0)
+    hard = HardestTripletLoss(border=4)(outs, outs, batch)["total"].item()
+    torch.manual_seed(0)
+    rel = ReliabilityLoss(border=4, quality="hardnet")(outs, outs, batch)
+    assert 0 < hard < 1
+    assert rel["total"].item() == pytest.approx(hard / 3, abs=1e-6)
+    assert rel["ap"].item() == pytest.approx(1 - hard / 3, abs=1e-6)
+    zero = {"descriptors": desc, "reliability": torch.zeros(1, 1, 32, 32)}
+    assert ReliabilityLoss(border=4, quality="hardnet")(zero, zero, batch)["total"].item() == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="quality must be 'ap' or 'hardnet'"):
+        ReliabilityLoss(quality="triplet")
