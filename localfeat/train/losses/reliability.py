@@ -44,6 +44,8 @@ class ReliabilityLoss(Loss):
         super().__init__(**conf)
         if self.conf["quality"] not in ("ap", "hardnet"):
             raise ConfigError(f"loss 'reliability': quality must be 'ap' or 'hardnet', got {self.conf['quality']!r}")
+        if not (isinstance(self.conf["margin"], (int, float)) and self.conf["margin"] > 0):
+            raise ConfigError(f"loss 'reliability': margin must be > 0, got {self.conf['margin']!r}")
 
     def forward(self, out0, out1, batch, step=0):
         self.check(out0)

@@ -122,3 +122,5 @@ def test_reliability_hardnet_quality_is_the_scaled_triplet():
     assert ReliabilityLoss(border=4, quality="hardnet")(zero, zero, batch)["total"].item() == pytest.approx(0.5)
     with pytest.raises(ConfigError, match="quality must be 'ap' or 'hardnet'"):
         ReliabilityLoss(quality="triplet")
+    with pytest.raises(ConfigError, match="margin must be > 0"):
+        ReliabilityLoss(quality="hardnet", margin=0)
