@@ -112,8 +112,8 @@ def main() -> None:
     out = args.output
     (out / "configs").mkdir(parents=True, exist_ok=True)
     runs = []
-    for row in args.rows:
-        for seed in args.seeds:
+    for seed in args.seeds:          # seed-major: a study cut short still has every row of the first seed
+        for row in args.rows:
             name = f"{row}_s{seed}"
             path = out / "configs" / f"{name}.yaml"
             conf = run_config(row, seed, args.steps, args.images, args.threads)
