@@ -51,13 +51,19 @@ def run_config(row: str, seed: int, steps: int, images: list[str], threads: int)
             "validation": {"every": 0}}
 
 
+def finished(run_dir: Path, steps: int) -> bool:
+    """Whether RUN_DIR holds a run trained to `steps`."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not ((run_dir / "weights.pt").is_file() and last.is_file()):
+        return False
+    return int(torch.load(last, map_location="cpu", weights_only=False)["step"]) >= steps
+
+
 def train_run(config_path: Path, run_dir: Path, steps: int) -> None:
     """Train (or resume, or skip when finished) one run in its own process; raises on failure."""
+    if finished(run_dir, steps):
+        return
     last = run_dir / "checkpoints" / "last.pt"
-    if (run_dir / "weights.pt").is_file() and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        if int(ck["step"]) >= steps:
-            return
     cmd = [sys.executable, "-m", "localfeat.cli", "train"]
     cmd += ["--resume", str(run_dir)] if last.is_file() else ["--config", str(config_path), "-o", str(run_dir)]
     with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:
@@ -105,6 +111,8 @@ def main() -> None:
     parser.add_argument("--images", nargs="+", default=["data/train_photos"], help="training photo folders")
     parser.add_argument("--hpatches", type=Path, default=Path("../shared/data/hpatches_subset"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: the table of the runs already finished (others are listed as missing)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from localfeat.io.atomic import write_text_atomic
@@ -123,9 +131,12 @@ def main() -> None:
     print("row 0: the official faster2d2_WASF_N16, untouched", flush=True)
     official = evaluate(None, args.hpatches, out / "official_hpatches")
     results: dict[str, list[dict]] = {}
-    failed = []
+    failed, missing = [], []
     for i, (row, seed, path, run_dir) in enumerate(runs, 1):
         t0 = time.time()
+        if args.report_only and not finished(run_dir, args.steps):
+            missing.append(run_dir.name)
+            continue
         try:
             train_run(path, run_dir, args.steps)
             res = evaluate_run(run_dir, args.hpatches)
@@ -153,6 +164,8 @@ def main() -> None:
         lines.append(f"| {label} | " + " | ".join(f"{mean[k]:.3f}" for k in THRESHOLDS) + f" | {per_seed} | {pub} |")
     if failed:
         lines += ["", f"failed runs: {', '.join(failed)}"]
+    if missing:
+        lines += ["", f"not run yet: {', '.join(missing)}"]
     text = "\n".join(lines) + "\n"
     print(text)
     write_text_atomic(out / "table.md", text)
