@@ -4,7 +4,7 @@ same data, steps and seeds, evaluated by the D2-Net HPatches protocol (R2D2's ow
 5000) at MMA@1/3/6/10; row 0 is the untouched official network.
 
     LOCALFEAT_WEIGHTS=../shared/data/weights_r2d2 .venv/bin/python benchmarks/loss_study.py -o runs/loss_study
-        [--steps 150] [--seeds 0 1] [--rows cosine dice ...] [--hpatches ../shared/data/hpatches_subset]
+        [--steps 80] [--seeds 0 1] [--rows cosine dice ...] [--hpatches ../shared/data/hpatches_subset]
 
 Each run is `localfeat train --config OUT/configs/<row>_s<seed>.yaml -o OUT/<row>_s<seed>` in its own process
 (the config files are written first: each row's run directory is reproducible from its config). A finished run
@@ -15,8 +15,8 @@ and written to OUT/table.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -86,8 +86,6 @@ def evaluate(weights, root: Path, out_dir: Path) -> dict:
 
 def evaluate_run(run_dir: Path, root: Path) -> dict:
     """Figures of a finished run, cached in RUN_DIR/study.json (keyed by the weights' content and the dataset)."""
-    import hashlib
-
     from localfeat.io.atomic import write_text_atomic
 
     weights = run_dir / "weights.pt"
@@ -105,7 +103,7 @@ def evaluate_run(run_dir: Path, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/loss_study"))
-    parser.add_argument("--steps", type=int, default=150, help="training steps of every run (batch 4)")
+    parser.add_argument("--steps", type=int, default=80, help="training steps of every run (batch 4)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--images", nargs="+", default=["data/train_photos"], help="training photo folders")
