@@ -18,6 +18,8 @@ each other, e.g. thousands of copies of one vector) stay exact but cost more: ev
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from ..hardware import cpu_info
+from ..native import load_kernel
 from ..types import Features, Matches
 from .base import Matcher
 
@@ -36,6 +39,7 @@ _EXACT_PAIRS_PER_STEP = 1 << 12   # pairs re-scored at once: 4k x D float64 temp
 _CHUNK = 32                       # granularity of the candidate search (rows / columns per chunk max)
 _MIN_ROWS_PER_THREAD = 256        # below this, splitting the rows between threads does not pay
 _FLUSH_PAIRS = 1 << 20            # candidates kept before an exact re-scoring (memory bound: ~40 B each)
+_NATIVE_CAPACITY = 1 << 16        # candidates per direction the C kernel keeps before re-scoring them
 
 
 def _distance(similarity: torch.Tensor) -> torch.Tensor:
@@ -68,13 +72,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_info().has_bf16 else "fp32"
 
 
-def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int] = None) -> tuple[int, int]:
+def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int] = None,
+                  fused: bool = False) -> tuple[int, int]:
     """(block_rows, block_cols) of the similarity blocks, from the CPU's caches.
 
     A block of columns of desc1 (block_cols x dim float32) fits in one core's L2, so the GEMM reuses
-    it from cache; a similarity block (block_rows x block_cols float32) fits in the share of the L3 of
-    each of the `threads` threads at work (half of L3 / threads), so the reductions after the GEMM read
-    it from cache. Blocks larger than L2 keep the fixed cost of the ~30 small tensor operations per
+    it from cache. A similarity block (block_rows x block_cols float32) is read right after the GEMM
+    wrote it: with `fused` (the C pass, `_sweep_native`, all threads on one block) it fits in half of
+    the threads' L2 caches together; otherwise (torch ops, one block per thread) in each thread's share
+    of half the L3, as blocks larger than L2 keep the fixed cost of the ~30 small tensor operations per
     block (Python dispatch) near a tenth of the GEMM's time. Both are multiples of `chunk` (the
     granularity of the candidate search) and no larger than the inputs need.
     """
@@ -82,7 +88,8 @@ def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int]
     threads = threads or torch.get_num_threads()
     cols = max(chunk, min(4096, info.l2 // (4 * dim)) // chunk * chunk)
     cols = min(cols, -(-n1 // chunk) * chunk)
-    rows = max(chunk, (info.l3 // (2 * threads) // (4 * cols)) // chunk * chunk)
+    room = threads * info.l2 // 2 if fused else info.l3 // (2 * threads)
+    rows = max(chunk, (room // (4 * cols)) // chunk * chunk)
     rows = min(rows, -(-n0 // chunk) * chunk)
     return rows, cols
 
@@ -309,6 +316,87 @@ def _sweep(a, b, a_low, b_low, a64, b64, eps2: float, need_second: bool, block_r
     return rows_out, cols_out
 
 
+class _NativeState(ctypes.Structure):
+    """Mirror of `nn_state` in nn_kernel.c (field order and types must match; checked at load)."""
+
+    _fields_ = ([("a", ctypes.c_void_p), ("b", ctypes.c_void_p)]
+                + [(n, ctypes.c_int64) for n in ("n0", "n1", "dim", "width", "need_second")]
+                + [("eps2", ctypes.c_float)]
+                + [(n, ctypes.c_void_p) for n in ("row1", "row2", "col1", "col2", "row_best", "row_second",
+                                                  "col_best", "col_second", "row_idx", "col_idx", "row_cand",
+                                                  "col_cand", "row_cand_v", "col_cand_v")]
+                + [(n, ctypes.c_int64) for n in ("capacity", "n_row_cand", "n_col_cand")]
+                + [("sums", ctypes.c_void_p), ("col_block", ctypes.c_void_p), ("block_cols", ctypes.c_int64)])
+
+
+@functools.lru_cache(maxsize=1)
+def _native_kernel() -> Optional[ctypes.CDLL]:
+    """nn_kernel.c compiled (localfeat.native), or None: then `_sweep` (torch ops) does the same work."""
+    lib = load_kernel("matchers/nn_kernel.c")
+    if lib is None:
+        return None
+    lib.lf_nn_state_size.restype = ctypes.c_int64
+    if lib.lf_nn_state_size() != ctypes.sizeof(_NativeState):
+        raise RuntimeError("nn_kernel.c's nn_state and _NativeState differ; fix the mirror")
+    states = ctypes.POINTER(_NativeState)
+    for name in ("lf_nn_block_f32", "lf_nn_block_bf16"):
+        getattr(lib, name).argtypes = [states, ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 4
+        getattr(lib, name).restype = None
+    lib.lf_nn_finish.argtypes, lib.lf_nn_finish.restype = [states, ctypes.c_int64], None
+    lib.lf_nn_openmp.restype = ctypes.c_int64
+    return lib
+
+
+def use_native() -> bool:
+    """True when CPU matching runs the fused C pass (`_sweep_native`) instead of torch ops (`_sweep`)."""
+    return _native_kernel() is not None
+
+
+def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, block_rows: int,
+                  block_cols: int, threads: int):
+    """`_sweep` with the per-block search done by one C pass over each block (CPU tensors, nn_kernel.c).
+
+    Runs in the calling thread: torch's GEMM writes a block with torch's threads, then the C pass reads
+    it, still in cache, on the same OpenMP threads (`threads` of them, each with its own state, rows
+    split between them), keeps the best two per row and column and re-scores the candidates exactly.
+    Returns (rows, cols) `_BestTwo`, the same values as `_sweep`."""
+    n0, n1, dim = len(a), len(b), a.shape[1]
+    threads = max(1, threads) if lib.lf_nn_openmp() else 1
+    block_cols = min(block_cols, n1)
+    cap = _NATIVE_CAPACITY
+    width = 1 << max(0, (dim - 1).bit_length())
+    row1, row2 = torch.full((n0,), NEG_INF), torch.full((n0,), NEG_INF)   # filter domain, shared
+    keep_alive, results = [row1, row2], []  # the states hold raw pointers into these tensors
+    states = (_NativeState * threads)()
+    for t in range(threads):
+        rows, cols = _BestTwo(n0, a.device), _BestTwo(n1, a.device)
+        col1, col2 = torch.full((n1,), NEG_INF), torch.full((n1,), NEG_INF)
+        cand = [torch.empty(2 * cap, dtype=torch.long) for _ in range(2)]
+        cand_v = [torch.empty(cap) for _ in range(2)]
+        sums, col_block = torch.empty(width, dtype=torch.float64), torch.empty(block_cols)
+        keep_alive += [col1, col2, *cand, *cand_v, sums, col_block]
+        results.append((rows, cols))
+        states[t] = _NativeState(
+            a.data_ptr(), b.data_ptr(), n0, n1, dim, width, int(need_second), eps2,
+            row1.data_ptr(), row2.data_ptr(), col1.data_ptr(), col2.data_ptr(),
+            rows.best.data_ptr(), rows.second.data_ptr(), cols.best.data_ptr(), cols.second.data_ptr(),
+            rows.idx.data_ptr(), cols.idx.data_ptr(), cand[0].data_ptr(), cand[1].data_ptr(),
+            cand_v[0].data_ptr(), cand_v[1].data_ptr(), cap, 0, 0, sums.data_ptr(), col_block.data_ptr(),
+            block_cols)
+    block = lib.lf_nn_block_bf16 if a_low.dtype == torch.bfloat16 else lib.lf_nn_block_f32
+    buffer = torch.empty(min(block_rows, n0) * block_cols, dtype=a_low.dtype)
+    for cs in range(0, n1, block_cols):
+        b_block = b_low[cs:cs + block_cols]
+        for rs in range(0, n0, block_rows):
+            a_block = a_low[rs:rs + block_rows]
+            sim = buffer[:len(a_block) * len(b_block)].view(len(a_block), len(b_block))
+            torch.mm(a_block, b_block.T, out=sim)
+            block(states, threads, sim.data_ptr(), len(a_block), len(b_block), rs, cs)
+    lib.lf_nn_finish(states, threads)   # the threads' results merged into the first's
+    del keep_alive
+    return results[0]
+
+
 @torch.inference_mode()
 def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bool = True,
                        precision: str = "fp32", block_rows: Optional[int] = None,
@@ -335,8 +423,21 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
     precision = resolve_precision(precision, dev)
     a_low, b_low = (a, b) if precision == "fp32" else (a.bfloat16(), b.bfloat16())
     eps2 = 2 * filter_error_bound(a, b, a_low, b_low)
-    a64, b64 = a.double(), b.double()
     threads = threads or torch.get_num_threads()
+    native = _native_kernel() if dev.type == "cpu" else None
+    if native is not None:
+        if block_rows is None or block_cols is None:
+            auto_rows, auto_cols = choose_blocks(n0, n1, a.shape[1], chunk, threads=threads, fused=True)
+            block_cols = block_cols or auto_cols
+            block_rows = block_rows or max(1, min(auto_rows, (memory_budget or auto_rows * block_cols * 4)
+                                                  // (4 * block_cols)))
+        rows, cols = _sweep_native(native, a, b, a_low, b_low, eps2, need_second, block_rows, block_cols,
+                                   threads)
+        if not need_second:
+            rows.second.fill_(NEG_INF)
+            cols.second.fill_(NEG_INF)
+        return rows.idx, rows.best, rows.second, cols.idx, cols.best, cols.second
+    a64, b64 = a.double(), b.double()
     parts = 1 if dev.type != "cpu" else max(1, min(threads, n0 // _MIN_ROWS_PER_THREAD))
     if block_rows is None or block_cols is None:
         auto_rows, auto_cols = choose_blocks(-(-n0 // parts), n1, a.shape[1], chunk, threads=threads)
