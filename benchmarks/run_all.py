@@ -1,7 +1,8 @@
 """One table of speed ratios, each measured against its reference IN THE SAME RUN, with the CPU it ran on.
 
 Sections (all by default; pick with --sections):
-  matching    mutual nearest neighbours of N x N x 128 descriptors (fp32 first pass, bf16 first pass,
+  matching    mutual nearest neighbours of N x N x 128 descriptors (fp32 first pass, bf16 first pass, the
+              torch-only path that runs without a C compiler,
               the implementation before issue 21) / one float32 GEMM of the same size (`a @ b.T`, the
               full similarity matrix); identical matches checked.
   hpatches    HPatches evaluation (synthetic 540 pairs x 5,000 features, as bench_hpatches.py) with
@@ -9,8 +10,9 @@ Sections (all by default; pick with --sections):
   extraction  R2D2, ALIKED, DISK, XFeat: time / SIFT's time on the same images, bf16 / fp32 time, and
               the agreement of bf16 with fp32 (keypoints within 0.5 px, MMA@3 on hpatches_subset).
 
-Timings are interleaved (round k runs every variant once) and the best of the rounds is kept, so that
-other jobs on a shared machine slow all variants alike; ratios, never absolute figures, are the result.
+Timings are interleaved (round k runs every variant once, back to back, in a rotating order, with the
+garbage collector off) and the best of the rounds is kept, so that other jobs on a shared machine slow all
+variants alike; ratios, never absolute figures, are the result.
 
     .venv/bin/python benchmarks/run_all.py                         # everything (several minutes)
     .venv/bin/python benchmarks/run_all.py --sections matching --sizes 2000 8000
@@ -48,14 +50,24 @@ def _load_benchmark_module(name: str):
 
 
 def interleaved(variants: dict, rounds: int) -> tuple[dict, dict]:
-    """Best wall time of each variant over `rounds` rounds (each round runs all variants in turn)."""
+    """Best wall time of each variant over `rounds` rounds (each round runs all variants in turn).
+
+    The garbage collector runs once before each round and is off during it, so no collection lands
+    inside a timing; the variants of a round run back to back (each starts on a busy machine, as in a
+    loop over image pairs, not after an idle spell that lets the cores and torch's threads fall
+    asleep), and the order rotates from round to round so that no variant is always first."""
+    names = list(variants)
     best, outputs = {k: float("inf") for k in variants}, {}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+    for r in range(rounds):
+        gc.collect()
+        gc.disable()
+        try:
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                outputs[name] = variants[name]()
+                best[name] = min(best[name], time.perf_counter() - t0)
+        finally:
+            gc.enable()
     return best, outputs
 
 
@@ -68,6 +80,19 @@ def descriptor_pair(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Te
     half = n // 2
     b[:half] = a[torch.randperm(n, generator=g)[:half]] + 0.6 / dim ** 0.5 * torch.randn(half, dim, generator=g)
     return a, torch.nn.functional.normalize(b, dim=1)
+
+
+def without_native(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with the C kernels off (LOCALFEAT_NATIVE=0): the torch-only path."""
+    before = os.environ.get("LOCALFEAT_NATIVE")
+    os.environ["LOCALFEAT_NATIVE"] = "0"
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if before is None:
+            del os.environ["LOCALFEAT_NATIVE"]
+        else:
+            os.environ["LOCALFEAT_NATIVE"] = before
 
 
 def section_matching(sizes, rounds: int, rows: list) -> None:
@@ -83,11 +108,13 @@ def section_matching(sizes, rounds: int, rows: list) -> None:
             "ratio 0.9 + mutual, fp32 pass": lambda: match_nearest_neighbours(a, b, ratio=0.9)[0],
             "ratio 0.9 + mutual, bf16 pass": lambda: match_nearest_neighbours(a, b, ratio=0.9,
                                                                                precision="bf16")[0],
+            "mutual NN, fp32 pass, torch ops (no C pass)": lambda: without_native(match_nearest_neighbours, a, b)[0],
             "mutual NN, before issue 21": lambda: previous(a, b),
         }
         r = rounds if n <= 10000 else max(1, rounds // 2)
         best, out = interleaved(variants, r)
         same = (np.array_equal(out["mutual NN, fp32 pass"], out["mutual NN, bf16 pass"])
+                and np.array_equal(out["mutual NN, fp32 pass"], out["mutual NN, fp32 pass, torch ops (no C pass)"])
                 and np.array_equal(out["mutual NN, fp32 pass"], out["mutual NN, before issue 21"])
                 and np.array_equal(out["ratio 0.9 + mutual, fp32 pass"], out["ratio 0.9 + mutual, bf16 pass"]))
         ref = best["fp32 GEMM a @ b.T"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from ..hardware import cpu_info
-from ..native import load_kernel
+from ..native import load_kernel, native_enabled
 from ..types import Features, Matches
 from .base import Matcher
 
@@ -39,24 +40,24 @@ _EXACT_PAIRS_PER_STEP = 1 << 12   # pairs re-scored at once: 4k x D float64 temp
 _CHUNK = 32                       # granularity of the candidate search (rows / columns per chunk max)
 _MIN_ROWS_PER_THREAD = 256        # below this, splitting the rows between threads does not pay
 _FLUSH_PAIRS = 1 << 20            # candidates kept before an exact re-scoring (memory bound: ~40 B each)
-_NATIVE_CAPACITY = 1 << 16        # candidates per direction the C kernel keeps before re-scoring them
+_NATIVE_CAPACITY = 1 << 14        # candidates per direction and thread the C kernel keeps before re-scoring
 
 
-def _distance(similarity: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of unit vectors from their dot product: sqrt(2 - 2 s)."""
-    return torch.sqrt(torch.clamp(2.0 - 2.0 * similarity, min=0.0))
+def _distance(similarity: np.ndarray) -> np.ndarray:
+    """Euclidean distance of unit vectors from their dot product: sqrt(2 - 2 s) (float64; -inf -> inf)."""
+    return np.sqrt(np.maximum(2.0 - 2.0 * similarity, 0.0))
 
 
-def _passes(best: torch.Tensor, second: torch.Tensor, ratio: Optional[float],
-            max_distance: Optional[float]) -> torch.Tensor:
-    keep = torch.ones_like(best, dtype=torch.bool)
-    d1 = _distance(best)
+def _passes(best: np.ndarray, second: np.ndarray, ratio: Optional[float],
+            max_distance: Optional[float]) -> np.ndarray:
+    """Which best neighbours (exact similarities, float64) pass the ratio test and max_distance. No
+    second neighbour (similarity -inf, distance inf): the ratio test cannot reject. numpy: a few
+    operations on N values, cheaper than torch's dispatch."""
+    keep = np.ones(len(best), dtype=bool)
     if ratio is not None:
-        # No second neighbour (a single candidate): the ratio test cannot reject.
-        d2 = torch.where(torch.isinf(second), torch.full_like(second, float("inf")), _distance(second))
-        keep &= d1 < ratio * d2
+        keep &= _distance(best) < ratio * _distance(second)
     if max_distance is not None:
-        keep &= d1 <= max_distance
+        keep &= _distance(best) <= max_distance
     return keep
 
 
@@ -72,26 +73,36 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_info().has_bf16 else "fp32"
 
 
-def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int] = None,
-                  fused: bool = False) -> tuple[int, int]:
+def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int] = None) -> tuple[int, int]:
     """(block_rows, block_cols) of the similarity blocks, from the CPU's caches.
 
-    A block of columns of desc1 (block_cols x dim float32) fits in one core's L2, so the GEMM reuses
-    it from cache. A similarity block (block_rows x block_cols float32) is read right after the GEMM
-    wrote it: with `fused` (the C pass, `_sweep_native`, all threads on one block) it fits in half of
-    the threads' L2 caches together; otherwise (torch ops, one block per thread) in each thread's share
-    of half the L3, as blocks larger than L2 keep the fixed cost of the ~30 small tensor operations per
-    block (Python dispatch) near a tenth of the GEMM's time. Both are multiples of `chunk` (the
-    granularity of the candidate search) and no larger than the inputs need.
+    A block of columns of desc1 (block_cols x dim float32) fills half of one core's L2, so the GEMM
+    reuses it from cache; a similarity block (block_rows x block_cols float32) fits in the share of the
+    L3 of each of the `threads` threads at work (half of L3 / threads), so the pass after the GEMM reads
+    it from cache. Large blocks keep the GEMM efficient and the fixed cost per block (Python dispatch,
+    thread synchronisation) small (measured at 2k and 8k descriptors on a 2-core EPYC: blocks of
+    256 rows cost up to 1.5x more than 1024-2048 rows). Both are multiples of `chunk` (the granularity
+    of the torch path's candidate search) and no larger than the inputs need.
     """
     info = cpu_info()
     threads = threads or torch.get_num_threads()
-    cols = max(chunk, min(4096, info.l2 // (4 * dim)) // chunk * chunk)
+    cols = max(chunk, min(4096, info.l2 // (8 * dim)) // chunk * chunk)
     cols = min(cols, -(-n1 // chunk) * chunk)
-    room = threads * info.l2 // 2 if fused else info.l3 // (2 * threads)
-    rows = max(chunk, (room // (4 * cols)) // chunk * chunk)
+    rows = max(chunk, (info.l3 // (2 * threads) // (4 * cols)) // chunk * chunk)
     rows = min(rows, -(-n0 // chunk) * chunk)
     return rows, cols
+
+
+def _max_row_norm(x: torch.Tensor) -> float:
+    """max_i ||x_i|| of a float32 (N, D) tensor, rounded up by a relative 2^-16 (more than the float32
+    rounding of the sum). On CPU with numpy: one single-threaded pass, where torch's parallel
+    reduction would first wake its thread pool (a third of a millisecond after an idle spell)."""
+    if x.device.type == "cpu":
+        v = x.numpy()
+        squares = float(np.einsum("ij,ij->i", v, v).max()) if len(v) else 0.0
+    else:
+        squares = float((x * x).sum(1).max()) if len(x) else 0.0
+    return math.sqrt(squares) * (1 + 2.0 ** -16)
 
 
 def filter_error_bound(a: torch.Tensor, b: torch.Tensor, a_low: torch.Tensor, b_low: torch.Tensor) -> float:
@@ -104,7 +115,7 @@ def filter_error_bound(a: torch.Tensor, b: torch.Tensor, a_low: torch.Tensor, b_
     treated as if rounded to bf16 inside the GEMM.
     """
     dim = a.shape[1]
-    na, nb = float(a.norm(dim=1).max()), float(b.norm(dim=1).max())
+    na, nb = _max_row_norm(a), _max_row_norm(b)
     gamma = dim * _FP32_UNIT_ROUNDOFF / (1 - dim * _FP32_UNIT_ROUNDOFF)
     if a_low.dtype == torch.float32:
         reduced = torch.get_float32_matmul_precision() != "highest" or (
@@ -113,8 +124,7 @@ def filter_error_bound(a: torch.Tensor, b: torch.Tensor, a_low: torch.Tensor, b_
         ea, eb = u * na, u * nb
         out = 0.0
     else:
-        ea = float((a_low.float() - a).norm(dim=1).max())
-        eb = float((b_low.float() - b).norm(dim=1).max())
+        ea, eb = _max_row_norm(a_low.float() - a), _max_row_norm(b_low.float() - b)
         out = _BF16_UNIT_ROUNDOFF
     la, lb = na + ea, nb + eb
     bound = ea * nb + na * eb + ea * eb + gamma * la * lb + out * la * lb * (1 + gamma)
@@ -326,12 +336,18 @@ class _NativeState(ctypes.Structure):
                                                   "col_best", "col_second", "row_idx", "col_idx", "row_cand",
                                                   "col_cand", "row_cand_v", "col_cand_v")]
                 + [(n, ctypes.c_int64) for n in ("capacity", "n_row_cand", "n_col_cand")]
-                + [("sums", ctypes.c_void_p), ("col_block", ctypes.c_void_p), ("block_cols", ctypes.c_int64)])
+                + [(n, ctypes.c_void_p) for n in ("sums", "col_block", "col_thr")]
+                + [("block_cols", ctypes.c_int64)])
+
+
+def _native_kernel() -> Optional[ctypes.CDLL]:
+    """nn_kernel.c compiled (localfeat.native), or None (no compiler, or LOCALFEAT_NATIVE=0): then
+    `_sweep` (torch ops) does the same work."""
+    return _load_native_kernel() if native_enabled() else None
 
 
 @functools.lru_cache(maxsize=1)
-def _native_kernel() -> Optional[ctypes.CDLL]:
-    """nn_kernel.c compiled (localfeat.native), or None: then `_sweep` (torch ops) does the same work."""
+def _load_native_kernel() -> Optional[ctypes.CDLL]:
     lib = load_kernel("matchers/nn_kernel.c")
     if lib is None:
         return None
@@ -342,7 +358,8 @@ def _native_kernel() -> Optional[ctypes.CDLL]:
     for name in ("lf_nn_block_f32", "lf_nn_block_bf16"):
         getattr(lib, name).argtypes = [states, ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 4
         getattr(lib, name).restype = None
-    lib.lf_nn_finish.argtypes, lib.lf_nn_finish.restype = [states, ctypes.c_int64], None
+    for name in ("lf_nn_init", "lf_nn_finish"):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = [states, ctypes.c_int64], None
     lib.lf_nn_openmp.restype = ctypes.c_int64
     return lib
 
@@ -365,24 +382,29 @@ def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, block
     block_cols = min(block_cols, n1)
     cap = _NATIVE_CAPACITY
     width = 1 << max(0, (dim - 1).bit_length())
-    row1, row2 = torch.full((n0,), NEG_INF), torch.full((n0,), NEG_INF)   # filter domain, shared
-    keep_alive, results = [row1, row2], []  # the states hold raw pointers into these tensors
+    # Three workspaces (few Python objects), carved below. float32: shared row and column statistics
+    # (2 n0 + 2 n1) and column thresholds (block_cols), per thread candidate values (2 cap) and its best
+    # two of a block's columns (2 block_cols); float64: exact best twos per thread (2 n0 + 2 n1) and
+    # pairwise sums (width); int64: per thread indices of the best (n0 + n1) and candidates (4 cap).
+    shared = 2 * n0 + 2 * n1 + block_cols
+    f32_each, f64_each, i64_each = 2 * cap + 2 * block_cols, 2 * n0 + 2 * n1 + width, n0 + n1 + 4 * cap
+    f32 = torch.empty(shared + threads * f32_each)
+    f64 = torch.empty(threads * f64_each, dtype=torch.float64)
+    i64 = torch.empty(threads * i64_each, dtype=torch.long)
+    base = f32.data_ptr()
+    rows1, rows2, cols1, cols2 = base, base + 4 * n0, base + 8 * n0, base + 8 * n0 + 4 * n1
+    col_thr = base + 8 * (n0 + n1)
     states = (_NativeState * threads)()
     for t in range(threads):
-        rows, cols = _BestTwo(n0, a.device), _BestTwo(n1, a.device)
-        col1, col2 = torch.full((n1,), NEG_INF), torch.full((n1,), NEG_INF)
-        cand = [torch.empty(2 * cap, dtype=torch.long) for _ in range(2)]
-        cand_v = [torch.empty(cap) for _ in range(2)]
-        sums, col_block = torch.empty(width, dtype=torch.float64), torch.empty(block_cols)
-        keep_alive += [col1, col2, *cand, *cand_v, sums, col_block]
-        results.append((rows, cols))
+        f = base + 4 * (shared + t * f32_each)
+        d = f64.data_ptr() + 8 * t * f64_each
+        i = i64.data_ptr() + 8 * t * i64_each
         states[t] = _NativeState(
             a.data_ptr(), b.data_ptr(), n0, n1, dim, width, int(need_second), eps2,
-            row1.data_ptr(), row2.data_ptr(), col1.data_ptr(), col2.data_ptr(),
-            rows.best.data_ptr(), rows.second.data_ptr(), cols.best.data_ptr(), cols.second.data_ptr(),
-            rows.idx.data_ptr(), cols.idx.data_ptr(), cand[0].data_ptr(), cand[1].data_ptr(),
-            cand_v[0].data_ptr(), cand_v[1].data_ptr(), cap, 0, 0, sums.data_ptr(), col_block.data_ptr(),
-            block_cols)
+            rows1, rows2, cols1, cols2, d, d + 8 * n0, d + 16 * n0, d + 16 * n0 + 8 * n1, i, i + 8 * n0,
+            i + 8 * (n0 + n1), i + 8 * (n0 + n1 + 2 * cap), f, f + 4 * cap,
+            cap, 0, 0, d + 16 * (n0 + n1), f + 8 * cap, col_thr, block_cols)
+    lib.lf_nn_init(states, threads)
     block = lib.lf_nn_block_bf16 if a_low.dtype == torch.bfloat16 else lib.lf_nn_block_f32
     buffer = torch.empty(min(block_rows, n0) * block_cols, dtype=a_low.dtype)
     for cs in range(0, n1, block_cols):
@@ -393,8 +415,11 @@ def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, block
             torch.mm(a_block, b_block.T, out=sim)
             block(states, threads, sim.data_ptr(), len(a_block), len(b_block), rs, cs)
     lib.lf_nn_finish(states, threads)   # the threads' results merged into the first's
-    del keep_alive
-    return results[0]
+    rows, cols = _BestTwo.__new__(_BestTwo), _BestTwo.__new__(_BestTwo)
+    rows.best, rows.second = f64[:n0], f64[n0:2 * n0]
+    cols.best, cols.second = f64[2 * n0:2 * n0 + n1], f64[2 * n0 + n1:2 * (n0 + n1)]
+    rows.idx, cols.idx = i64[:n0], i64[n0:n0 + n1]
+    return rows, cols
 
 
 @torch.inference_mode()
@@ -427,7 +452,7 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
     native = _native_kernel() if dev.type == "cpu" else None
     if native is not None:
         if block_rows is None or block_cols is None:
-            auto_rows, auto_cols = choose_blocks(n0, n1, a.shape[1], chunk, threads=threads, fused=True)
+            auto_rows, auto_cols = choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)
             block_cols = block_cols or auto_cols
             block_rows = block_rows or max(1, min(auto_rows, (memory_budget or auto_rows * block_cols * 4)
                                                   // (4 * block_cols)))
@@ -512,18 +537,16 @@ def match_nearest_neighbours(desc0, desc1, mutual: bool = True, ratio: Optional[
     if d0.shape[1] != d1.shape[1]:
         raise ValueError(f"match_nearest_neighbours: descriptor dimensions differ ({d0.shape[1]} vs "
                          f"{d1.shape[1]})")
-    with torch.inference_mode():
-        row_idx, row_best, row_second, col_idx, col_best, col_second = best_two_both_ways(
-            d0, d1, need_second=ratio is not None, precision=precision, block_rows=block_rows,
-            block_cols=block_cols, memory_budget=memory_budget)
-        keep = _passes(row_best, row_second, ratio, max_distance)
-        i = torch.arange(n0, device=d0.device)
-        if mutual:
-            col_keep = _passes(col_best, col_second, ratio, max_distance)
-            keep &= col_keep[row_idx] & (col_idx[row_idx] == i)
-        indices = torch.stack([i[keep], row_idx[keep]], 1)
-        scores = row_best[keep]
-    return indices.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)
+    stats = best_two_both_ways(d0, d1, need_second=ratio is not None, precision=precision,
+                               block_rows=block_rows, block_cols=block_cols, memory_budget=memory_budget)
+    row_idx, row_best, row_second, col_idx, col_best, col_second = (x.cpu().numpy() for x in stats)
+    keep = _passes(row_best, row_second, ratio, max_distance)
+    i = np.arange(n0)
+    if mutual:
+        col_keep = _passes(col_best, col_second, ratio, max_distance)
+        keep &= col_keep[row_idx] & (col_idx[row_idx] == i)
+    indices = np.stack([i[keep], row_idx[keep]], 1).astype(np.int64)
+    return indices, row_best[keep].astype(np.float32)
 
 
 class NearestNeighbor(Matcher):

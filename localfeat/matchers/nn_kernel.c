@@ -9,9 +9,8 @@
  *
  * Threads: OpenMP, linked to the runtime torch already runs (native.py), so the pass runs on the same
  * threads as torch's GEMM, which are still spinning when it starts: no other threads compete for the
- * cores. Each thread has its own nn_state (its own column statistics, exact best twos and candidates;
- * the filter statistics of the rows are shared, each row being handled by one thread per block);
- * lf_nn_finish merges them. The merges are order independent (ties: lowest index), so the result does
+ * cores. Each thread has its own nn_state (its own exact best twos and candidates; the filter
+ * statistics of the rows and columns are shared, see DEFINE_PASS1); lf_nn_finish merges them. The merges are order independent (ties: lowest index), so the result does
  * not depend on the number of threads.
  *
  * Compiled with -ffp-contract=off: the exact re-scoring sums float64 products in a fixed pairwise order
@@ -23,7 +22,10 @@
 #include <omp.h>
 #endif
 
-#define LANES 16          /* one AVX-512 register of floats; the compiler vectorises the lane loops */
+#ifndef LANES
+#define LANES 16          /* one AVX-512 register of floats (vector extensions, below) */
+#endif
+#define ROWS_AT_ONCE 4    /* rows per sweep of the columns' statistics (pass 1) and thresholds (pass 2) */
 
 typedef struct {
     /* descriptors for the exact re-scoring: desc0, desc1 (float32) */
@@ -31,7 +33,8 @@ typedef struct {
     int64_t n0, n1, dim, width;     /* width: dim rounded up to a power of two (pairwise summation) */
     int64_t need_second;
     float eps2;
-    /* filter domain (GEMM values): best and second best seen, per row (shared) and per column */
+    /* filter domain (GEMM values): best and second best seen, per row and per column (shared by the
+     * threads: a row belongs to one thread in a block; the columns are merged between barriers) */
     float *row1, *row2, *col1, *col2;
     /* exact best two: float64 values, index of the best (ties: lowest index) */
     double *row_best, *row_second, *col_best, *col_second;
@@ -40,9 +43,10 @@ typedef struct {
     int64_t *row_cand, *col_cand;
     float *row_cand_v, *col_cand_v;
     int64_t capacity, n_row_cand, n_col_cand;
-    /* scratch: width doubles (pairwise sums), block_cols floats (the columns' thresholds in a block) */
+    /* scratch: width doubles (pairwise sums); this thread's best two per column of a block (2 x
+     * block_cols floats); the columns' thresholds in a block (block_cols floats, shared) */
     double *sums;
-    float *col_block;
+    float *col_block, *col_thr;
     int64_t block_cols;
 } nn_state;
 
@@ -83,22 +87,35 @@ static inline void merge_exact(double *best, double *second, int64_t *idx, doubl
 }
 
 /* Re-score the pending candidates that still pass the (now tighter) thresholds; empty the buffers. */
+static inline void prefetch_row(const float *x, int64_t dim) {
+    for (int64_t k = 0; k < dim; k += 16) __builtin_prefetch(x + k);
+}
+
+/* Re-score the candidates of one direction (pairs (i, j), filter values v) that still pass their
+ * key's threshold; the descriptors of the candidate PREFETCH places ahead are fetched meanwhile. */
+#define PREFETCH 4
+static void flush_direction(nn_state *s, const int64_t *cand, const float *v, int64_t n, int by_row) {
+    const int64_t dim = s->dim;
+    for (int64_t c = 0; c < n; c++) {
+        if (c + PREFETCH < n) {
+            prefetch_row(s->a + cand[2 * (c + PREFETCH)] * dim, dim);
+            prefetch_row(s->b + cand[2 * (c + PREFETCH) + 1] * dim, dim);
+        }
+        const int64_t i = cand[2 * c], j = cand[2 * c + 1], key = by_row ? i : j;
+        const float *f1 = by_row ? s->row1 : s->col1, *f2 = by_row ? s->row2 : s->col2;
+        if (v[c] < (s->need_second ? f2[key] : f1[key]) - s->eps2) continue;
+        /* row_best[i] is the exact value of (i, row_idx[i]): a pair scored for its row is not scored
+         * again for its column (the rows are flushed first) */
+        const double e = !by_row && s->row_idx[i] == j && s->row_best[i] > -__builtin_inf()
+                         ? s->row_best[i] : exact_dot(s, s->a + i * dim, s->b + j * dim);
+        if (by_row) merge_exact(s->row_best + i, s->row_second + i, s->row_idx + i, e, j);
+        else merge_exact(s->col_best + j, s->col_second + j, s->col_idx + j, e, i);
+    }
+}
+
 static void flush(nn_state *s) {
-    int64_t c;
-    for (c = 0; c < s->n_row_cand; c++) {
-        int64_t i = s->row_cand[2 * c], j = s->row_cand[2 * c + 1];
-        float bound = (s->need_second ? s->row2[i] : s->row1[i]) - s->eps2;
-        if (s->row_cand_v[c] < bound) continue;
-        merge_exact(s->row_best + i, s->row_second + i, s->row_idx + i,
-                    exact_dot(s, s->a + i * s->dim, s->b + j * s->dim), j);
-    }
-    for (c = 0; c < s->n_col_cand; c++) {
-        int64_t i = s->col_cand[2 * c], j = s->col_cand[2 * c + 1];
-        float bound = (s->need_second ? s->col2[j] : s->col1[j]) - s->eps2;
-        if (s->col_cand_v[c] < bound) continue;
-        merge_exact(s->col_best + j, s->col_second + j, s->col_idx + j,
-                    exact_dot(s, s->a + i * s->dim, s->b + j * s->dim), i);
-    }
+    flush_direction(s, s->row_cand, s->row_cand_v, s->n_row_cand, 1);
+    flush_direction(s, s->col_cand, s->col_cand_v, s->n_col_cand, 0);
     s->n_row_cand = 0;
     s->n_col_cand = 0;
 }
@@ -132,8 +149,15 @@ typedef int32_t vint __attribute__((vector_size(4 * LANES)));
 typedef uint32_t vuint __attribute__((vector_size(4 * LANES)));
 typedef uint16_t vhalf __attribute__((vector_size(2 * LANES)));
 
+#if defined(__AVX512F__) && LANES == 16
+#include <immintrin.h>
+/* vmaxps / vminps compute exactly x > y ? x : y and x < y ? x : y (one instruction each). */
+static inline vfloat vmax(vfloat x, vfloat y) { return (vfloat)_mm512_max_ps((__m512)x, (__m512)y); }
+static inline vfloat vmin(vfloat x, vfloat y) { return (vfloat)_mm512_min_ps((__m512)x, (__m512)y); }
+#else
 static inline vfloat vmax(vfloat x, vfloat y) { vint m = x > y; return (vfloat)(((vint)x & m) | ((vint)y & ~m)); }
 static inline vfloat vmin(vfloat x, vfloat y) { vint m = x < y; return (vfloat)(((vint)x & m) | ((vint)y & ~m)); }
+#endif
 static inline vfloat vsplat(float x) { vfloat v; for (int k = 0; k < LANES; k++) v[k] = x; return v; }
 static inline vfloat vload(const float *p) { vfloat v; memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
@@ -146,10 +170,17 @@ static inline vfloat vload_bf16(const uint16_t *p) {
 static inline float load_f32(const float *p) { return *p; }
 static inline float load_bf16(const uint16_t *p) { return bf16_to_float(*p); }
 /* Whether any lane of a comparison mask is set. */
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && LANES == 16
 #include <immintrin.h>
 static inline int vany(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
+/* The lanes of a comparison mask as bits (lane k: bit k). */
+static inline uint32_t vbits(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m); }
 #else
+static inline uint32_t vbits(vint m) {
+    uint32_t bits = 0;
+    for (int k = 0; k < LANES; k++) bits |= (uint32_t)(m[k] != 0) << k;
+    return bits;
+}
 static inline int vany(vint m) {
     int32_t any = 0;
     for (int k = 0; k < LANES; k++) any |= m[k];
@@ -157,65 +188,130 @@ static inline int vany(vint m) {
 }
 #endif
 
-/* The pass over one block (h, w) at rows r0.., columns c0.. of this part; T: float or uint16_t (bf16).
- *
- * Pass 1 keeps the running best two per row (LANES lanes, merged at the end of the row) and per column.
- * Pass 2 reads the block again while it is in cache and pushes the elements that pass their row's or
- * their column's threshold t (the running second best - eps2, or the best - eps2 without a ratio test):
- * a vector compare per LANES elements, scalar work only where one passes (a few per row and column).
- * NEED2 (ratio test) is a compile-time constant in each instance. */
-#define DEFINE_BLOCK(NAME, T, VLOAD, LOAD, NEED2)                                                       \
-static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {             \
-    float *c1 = s->col1 + c0, *c2 = s->col2 + c0, *thr = s->col_block;                                  \
+/* Pass 1 over R consecutive rows i0.. of a block (R a constant after inlining, so the running maxima
+ * stay in registers): the columns' best two are loaded and stored once per R rows. */
+#define DEFINE_ROWS(NAME, T, VLOAD, LOAD, NEED2)                                                        \
+static inline __attribute__((always_inline)) void NAME(nn_state *s, const T *sim, int64_t w, int64_t i0, \
+                                                       const int R, int64_t r0, float *c1, float *c2) { \
     const float ninf = -__builtin_inff();                                                               \
     const int64_t wv = w / LANES * LANES;                                                               \
-    int64_t i, j, k;                                                                                    \
-    for (i = 0; i < h; i++) {                                                                           \
-        const T *row = sim + i * w;                                                                     \
-        vfloat m1 = vsplat(ninf), m2 = vsplat(ninf);                                                    \
-        for (j = 0; j < wv; j += LANES) {                                                               \
-            vfloat v = VLOAD(row + j), x1 = vload(c1 + j);                                              \
+    vfloat m1[ROWS_AT_ONCE], m2[ROWS_AT_ONCE];                                                          \
+    int64_t j, k;                                                                                       \
+    int r;                                                                                              \
+    for (r = 0; r < R; r++) { m1[r] = vsplat(ninf); m2[r] = vsplat(ninf); }                             \
+    for (j = 0; j < wv; j += LANES) {                                                                   \
+        vfloat x1 = vload(c1 + j), x2 = NEED2 ? vload(c2 + j) : x1;                                     \
+        for (r = 0; r < R; r++) {                                                                       \
+            vfloat v = VLOAD(sim + (i0 + r) * w + j);                                                   \
             if (NEED2) {                                                                                \
-                vstore(c2 + j, vmax(vload(c2 + j), vmin(x1, v)));                                       \
-                m2 = vmax(m2, vmin(m1, v));                                                             \
+                x2 = vmax(x2, vmin(x1, v));                                                             \
+                m2[r] = vmax(m2[r], vmin(m1[r], v));                                                    \
             }                                                                                           \
-            vstore(c1 + j, vmax(x1, v));                                                                \
-            m1 = vmax(m1, v);                                                                           \
+            x1 = vmax(x1, v);                                                                           \
+            m1[r] = vmax(m1[r], v);                                                                     \
         }                                                                                               \
-        float b1 = s->row1[r0 + i], b2 = s->row2[r0 + i];                                               \
-        for (; j < w; j++) {                                                                            \
+        vstore(c1 + j, x1);                                                                             \
+        if (NEED2) vstore(c2 + j, x2);                                                                  \
+    }                                                                                                   \
+    for (r = 0; r < R; r++) {                                                                           \
+        const T *row = sim + (i0 + r) * w;                                                              \
+        float b1 = s->row1[r0 + i0 + r], b2 = s->row2[r0 + i0 + r];                                     \
+        for (j = wv; j < w; j++) {                                                                      \
             float v = LOAD(row + j);                                                                    \
             if (NEED2) c2[j] = maxf(c2[j], minf(c1[j], v));                                             \
             c1[j] = maxf(c1[j], v);                                                                     \
             merge_two(&b1, &b2, v, ninf);                                                               \
         }                                                                                               \
-        for (k = 0; k < LANES; k++) merge_two(&b1, &b2, m1[k], NEED2 ? m2[k] : ninf);                   \
-        s->row1[r0 + i] = b1;                                                                           \
-        if (NEED2) s->row2[r0 + i] = b2;                                                                \
+        for (k = 0; k < LANES; k++) merge_two(&b1, &b2, m1[r][k], NEED2 ? m2[r][k] : ninf);             \
+        s->row1[r0 + i0 + r] = b1;                                                                      \
+        if (NEED2) s->row2[r0 + i0 + r] = b2;                                                           \
     }                                                                                                   \
-    for (j = 0; j < w; j++) thr[j] = (NEED2 ? c2[j] : c1[j]) - s->eps2;                                 \
-    for (i = 0; i < h; i++) {                                                                           \
-        const T *row = sim + i * w;                                                                     \
-        const float t = (NEED2 ? s->row2[r0 + i] : s->row1[r0 + i]) - s->eps2;                          \
-        const vfloat vt = vsplat(t);                                                                    \
+}
+
+/* The two passes over this thread's rows (h, w) of a block at rows r0.., columns c0..; T: float or
+ * uint16_t (bf16). NEED2 (ratio test) is a compile-time constant in each instance.
+ *
+ * Pass 1 (ROWS) updates the filter-domain best two of the rows (LANES running maxima, merged at the end
+ * of each row) and this thread's best two of the block's columns; the threads' are then merged into
+ * the columns' running best two and thresholds (`merge_columns`). Pass 2 reads the rows again (from
+ * cache) and pushes every element that passes its row's or its column's threshold t (the running
+ * second best - eps2, or the best - eps2 without a ratio test): one vector compare per LANES elements
+ * of ROWS_AT_ONCE rows (their maximum), scalar work only where an element passes (a few per row and
+ * column). */
+#define DEFINE_PASS1(NAME, ROWS, T)                                                                     \
+static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0) {                         \
+    float *c1 = s->col_block, *c2 = s->col_block + s->block_cols;                                       \
+    int64_t i, j;                                                                                       \
+    for (j = 0; j < w; j++) c1[j] = c2[j] = -__builtin_inff();                                          \
+    for (i = 0; i + ROWS_AT_ONCE <= h; i += ROWS_AT_ONCE) ROWS(s, sim, w, i, ROWS_AT_ONCE, r0, c1, c2); \
+    for (; i < h; i++) ROWS(s, sim, w, i, 1, r0, c1, c2);                                               \
+}
+
+#define DEFINE_PASS2(NAME, T, VLOAD, LOAD, NEED2)                                                       \
+static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {             \
+    const float *thr = s->col_thr;                                                                      \
+    int64_t i, j, k;                                                                                    \
+    for (i = 0; i < h; i += ROWS_AT_ONCE) {  /* by groups of rows: their maximum first */               \
+        const int64_t g = h - i < ROWS_AT_ONCE ? h - i : ROWS_AT_ONCE;                                  \
+        const T *rows[ROWS_AT_ONCE];                                                                    \
+        float t[ROWS_AT_ONCE], tmin = __builtin_inff();                                                 \
+        int r;                                                                                          \
+        for (r = 0; r < ROWS_AT_ONCE; r++) {   /* a short last group repeats its last row */            \
+            const int64_t ir = i + (r < g ? r : g - 1);                                                 \
+            rows[r] = sim + ir * w;                                                                     \
+            t[r] = (NEED2 ? s->row2[r0 + ir] : s->row1[r0 + ir]) - s->eps2;                             \
+            tmin = minf(tmin, t[r]);                                                                    \
+        }                                                                                               \
+        const vfloat vtmin = vsplat(tmin);                                                              \
         for (j = 0; j < w; j += LANES) {                                                                \
             if (j + LANES <= w) {                                                                       \
-                vfloat v = VLOAD(row + j);                                                              \
-                if (!vany((v >= vt) | (v >= vload(thr + j)))) continue;                                 \
+                vfloat m = VLOAD(rows[0] + j);                                                          \
+                for (r = 1; r < ROWS_AT_ONCE; r++) m = vmax(m, VLOAD(rows[r] + j));                     \
+                if (!vany((m >= vtmin) | (m >= vload(thr + j)))) continue;                              \
             }                                                                                           \
-            for (k = j; k < j + LANES && k < w; k++) {                                                  \
-                float v = LOAD(row + k);                                                                \
-                if (v >= t) push_row(s, r0 + i, c0 + k, v);                                             \
-                if (v >= thr[k]) push_col(s, r0 + i, c0 + k, v);                                        \
+            for (r = 0; r < g; r++) {                                                                   \
+                if (j + LANES > w) {   /* the tail of the rows */                                       \
+                    for (k = j; k < w; k++) {                                                           \
+                        float v = LOAD(rows[r] + k);                                                    \
+                        if (v >= t[r]) push_row(s, r0 + i + r, c0 + k, v);                              \
+                        if (v >= thr[k]) push_col(s, r0 + i + r, c0 + k, v);                            \
+                    }                                                                                   \
+                    continue;                                                                           \
+                }                                                                                       \
+                vfloat v = VLOAD(rows[r] + j);                                                          \
+                for (uint32_t m = vbits(v >= vsplat(t[r])); m; m &= m - 1)                              \
+                    push_row(s, r0 + i + r, c0 + j + __builtin_ctz(m), v[__builtin_ctz(m)]);            \
+                for (uint32_t m = vbits(v >= vload(thr + j)); m; m &= m - 1)                            \
+                    push_col(s, r0 + i + r, c0 + j + __builtin_ctz(m), v[__builtin_ctz(m)]);            \
             }                                                                                           \
         }                                                                                               \
     }                                                                                                   \
 }
 
-DEFINE_BLOCK(block_f32_best, float, vload_f32, load_f32, 0)
-DEFINE_BLOCK(block_f32_two, float, vload_f32, load_f32, 1)
-DEFINE_BLOCK(block_bf16_best, uint16_t, vload_bf16, load_bf16, 0)
-DEFINE_BLOCK(block_bf16_two, uint16_t, vload_bf16, load_bf16, 1)
+/* Merge the nt threads' best two of the block's columns [lo, hi) into the running best two of the
+ * columns (at c0..) and set their thresholds. */
+static void merge_columns(nn_state *states, int64_t nt, int64_t lo, int64_t hi, int64_t c0) {
+    const nn_state *s = states;
+    for (int64_t j = lo; j < hi; j++) {
+        float *g1 = s->col1 + c0 + j, *g2 = s->col2 + c0 + j;
+        for (int64_t u = 0; u < nt; u++)
+            merge_two(g1, g2, states[u].col_block[j], states[u].col_block[s->block_cols + j]);
+        s->col_thr[j] = (s->need_second ? *g2 : *g1) - s->eps2;
+    }
+}
+
+DEFINE_ROWS(rows_f32_best, float, vload_f32, load_f32, 0)
+DEFINE_ROWS(rows_f32_two, float, vload_f32, load_f32, 1)
+DEFINE_ROWS(rows_bf16_best, uint16_t, vload_bf16, load_bf16, 0)
+DEFINE_ROWS(rows_bf16_two, uint16_t, vload_bf16, load_bf16, 1)
+DEFINE_PASS1(pass1_f32_best, rows_f32_best, float)
+DEFINE_PASS1(pass1_f32_two, rows_f32_two, float)
+DEFINE_PASS1(pass1_bf16_best, rows_bf16_best, uint16_t)
+DEFINE_PASS1(pass1_bf16_two, rows_bf16_two, uint16_t)
+DEFINE_PASS2(pass2_f32_best, float, vload_f32, load_f32, 0)
+DEFINE_PASS2(pass2_f32_two, float, vload_f32, load_f32, 1)
+DEFINE_PASS2(pass2_bf16_best, uint16_t, vload_bf16, load_bf16, 0)
+DEFINE_PASS2(pass2_bf16_two, uint16_t, vload_bf16, load_bf16, 1)
 
 /* Entry points. states: nthreads per-thread states; sim (h, w) row-major, float32 or bfloat16 bits,
  * the block at rows r0.., columns c0..; its rows are split between the threads. */
@@ -235,27 +331,25 @@ static inline int thread_count(void) {
 #endif
 }
 
-void lf_nn_block_f32(nn_state *states, int64_t nthreads, const float *sim, int64_t h, int64_t w, int64_t r0,
-                     int64_t c0) {
-    #pragma omp parallel num_threads(nthreads)
-    {
-        int64_t t = thread_id(), nt = thread_count(), lo = h * t / nt, hi = h * (t + 1) / nt;
-        nn_state *s = states + t;
-        if (hi > lo && s->need_second) block_f32_two(s, sim + lo * w, hi - lo, w, r0 + lo, c0);
-        else if (hi > lo) block_f32_best(s, sim + lo * w, hi - lo, w, r0 + lo, c0);
-    }
+/* One block: each thread takes a share of the rows; two barriers, around the merge of the columns. */
+#define DEFINE_ENTRY(NAME, T, P1_BEST, P1_TWO, P2_BEST, P2_TWO)                                         \
+void NAME(nn_state *states, int64_t nthreads, const T *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) { \
+    _Pragma("omp parallel num_threads(nthreads)")                                                       \
+    {                                                                                                   \
+        int64_t t = thread_id(), nt = thread_count(), lo = h * t / nt, hi = h * (t + 1) / nt;           \
+        nn_state *s = states + t;                                                                       \
+        if (s->need_second) P1_TWO(s, sim + lo * w, hi - lo, w, r0 + lo);                               \
+        else P1_BEST(s, sim + lo * w, hi - lo, w, r0 + lo);                                             \
+        _Pragma("omp barrier")                                                                          \
+        merge_columns(states, nt, w * t / nt, w * (t + 1) / nt, c0);                                    \
+        _Pragma("omp barrier")                                                                          \
+        if (s->need_second) P2_TWO(s, sim + lo * w, hi - lo, w, r0 + lo, c0);                           \
+        else P2_BEST(s, sim + lo * w, hi - lo, w, r0 + lo, c0);                                         \
+    }                                                                                                   \
 }
 
-void lf_nn_block_bf16(nn_state *states, int64_t nthreads, const uint16_t *sim, int64_t h, int64_t w,
-                      int64_t r0, int64_t c0) {
-    #pragma omp parallel num_threads(nthreads)
-    {
-        int64_t t = thread_id(), nt = thread_count(), lo = h * t / nt, hi = h * (t + 1) / nt;
-        nn_state *s = states + t;
-        if (hi > lo && s->need_second) block_bf16_two(s, sim + lo * w, hi - lo, w, r0 + lo, c0);
-        else if (hi > lo) block_bf16_best(s, sim + lo * w, hi - lo, w, r0 + lo, c0);
-    }
-}
+DEFINE_ENTRY(lf_nn_block_f32, float, pass1_f32_best, pass1_f32_two, pass2_f32_best, pass2_f32_two)
+DEFINE_ENTRY(lf_nn_block_bf16, uint16_t, pass1_bf16_best, pass1_bf16_two, pass2_bf16_best, pass2_bf16_two)
 
 /* Merge the best two (b, s, i) of another thread into (*best, *second, *idx); ties: lowest index. */
 static inline void merge_best_two(double *best, double *second, int64_t *idx, double b, double s, int64_t i) {
@@ -287,6 +381,22 @@ void lf_nn_finish(nn_state *states, int64_t nthreads) {
             if (o->col_best[k] > -__builtin_inf())
                 merge_best_two(s->col_best + k, s->col_second + k, s->col_idx + k, o->col_best[k],
                                o->col_second[k], o->col_idx[k]);
+    }
+}
+
+/* Set every statistic to -inf and every index to 0, for each of the nthreads states (the shared row
+ * and column statistics through the first). */
+void lf_nn_init(nn_state *states, int64_t nthreads) {
+    const float finf = -__builtin_inff();
+    const double dinf = -__builtin_inf();
+    int64_t t, k;
+    for (k = 0; k < states->n0; k++) states->row1[k] = states->row2[k] = finf;
+    for (k = 0; k < states->n1; k++) states->col1[k] = states->col2[k] = finf;
+    for (t = 0; t < nthreads; t++) {
+        nn_state *s = states + t;
+        for (k = 0; k < s->n0; k++) { s->row_best[k] = s->row_second[k] = dinf; s->row_idx[k] = 0; }
+        for (k = 0; k < s->n1; k++) { s->col_best[k] = s->col_second[k] = dinf; s->col_idx[k] = 0; }
+        s->n_row_cand = s->n_col_cand = 0;
     }
 }
 
