@@ -400,6 +400,27 @@ void lf_nn_init(nn_state *states, int64_t nthreads) {
     }
 }
 
+/* max_i ||x_i||^2 of x (n, dim) float32, summed in float32 over LANES lanes: relative error below
+ * dim * 2^-24 (the caller adds a margin). */
+double lf_max_sq_norm(const float *x, int64_t n, int64_t dim) {
+    const int64_t dv = dim / LANES * LANES;
+    float best = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = x + i * dim;
+        vfloat acc = vsplat(0.0f);
+        int64_t k;
+        for (k = 0; k < dv; k += LANES) {
+            vfloat v = vload(row + k);
+            acc += v * v;
+        }
+        float sum = 0.0f;
+        for (int l = 0; l < LANES; l++) sum += acc[l];
+        for (; k < dim; k++) sum += row[k] * row[k];
+        best = sum > best ? sum : best;
+    }
+    return best;
+}
+
 /* 1 when built with OpenMP (then the states are per thread), 0 when every call runs on one thread. */
 int64_t lf_nn_openmp(void) {
 #ifdef _OPENMP
