@@ -4,10 +4,13 @@ How (one sweep over blocks of the similarity matrix, each block computed by one 
 1. The GEMM (float32, or bfloat16 with `precision="bf16"`) is only a filter: a bound `eps` on its error
    is derived from the descriptors (their norms and, for bf16, their rounding errors), so that
    |filter(i, j) - exact(i, j)| <= eps for every pair.
-2. In each block, the maxima of chunks of `chunk` columns (rows) give, per row (column), the best
-   filter value and a lower bound of the second best, both ways in the same pass (vectorised `amax`,
-   no argmax over the block). Only elements whose filter value is within the error bound of the best
-   two can be among the exact best two; they are few and are re-scored exactly.
+2. In each block, per row and per column, the best filter value and (a lower bound of) the second best
+   are updated, both ways in the same pass. Only elements whose filter value is within the error bound
+   of the best two can be among the exact best two; they are few and are re-scored exactly.
+   On CPU this search is one C pass over each block right after its GEMM (`nn_kernel.c`, built on first
+   use by `localfeat.native`, run on torch's OpenMP threads: `_sweep_native`); without a C compiler, with
+   LOCALFEAT_NATIVE=0 or on a GPU, torch ops do it (`_sweep`: maxima of chunks of `chunk` columns or
+   rows, vectorised `amax`). Both give the same results to the last bit.
 3. The exact score of a pair is the float64 dot product of the float32 descriptors summed in a fixed
    pairwise order, so it does not depend on block sizes, threads, the GEMM's precision or the CPU:
    ties are exact ties and go to the lowest index, and the fp32 and bf16 passes give identical matches.
@@ -443,9 +446,10 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
     when there is none, and always when `need_second` is False); the same for each row of desc1.
     Similarities are exact (`exact_similarity`) whatever `precision` the filter GEMM runs in.
 
-    On CPU the rows of desc0 are split into `threads` parts (default: torch's thread count), each swept
-    by its own thread with single-threaded torch ops, and the column results merged in row order:
-    one synchronisation per call instead of one per small op (which costs dearly on a loaded machine).
+    `threads` (default: torch's thread count): with the C pass, the OpenMP threads that share each block's
+    rows; with torch ops on CPU, the parts of desc0's rows swept by their own thread with single-threaded
+    torch ops, the column results merged in row order (one synchronisation per call instead of one per
+    small op, which costs dearly on a loaded machine).
     """
     a, b = desc0.float().contiguous(), desc1.float().contiguous()
     n0, n1 = len(a), len(b)

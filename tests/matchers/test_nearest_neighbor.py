@@ -33,6 +33,22 @@ def brute_force(d0, d1, mutual, ratio, max_distance):
     return np.stack([i, nn01[i]], 1)
 
 
+@pytest.fixture(params=["native", "torch"])
+def impl(request, monkeypatch):
+    """Run a test with the C pass (nn_kernel.c) and with the torch-only path (LOCALFEAT_NATIVE=0)."""
+    from localfeat.matchers import nearest_neighbor
+    from localfeat.native import find_compiler
+    if request.param == "native":
+        if find_compiler() is None:
+            pytest.skip("no C compiler on this machine: only the torch path runs")
+        monkeypatch.setenv("LOCALFEAT_NATIVE", "1")
+        assert nearest_neighbor.use_native()
+    else:
+        monkeypatch.setenv("LOCALFEAT_NATIVE", "0")
+        assert not nearest_neighbor.use_native()
+    return request.param
+
+
 def random_desc(n, d, seed):
     x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -41,7 +57,7 @@ def random_desc(n, d, seed):
 @pytest.mark.parametrize("n0,n1", [(0, 5), (5, 0), (0, 0), (1, 1), (1, 7), (7, 1), (50, 80), (333, 257)])
 @pytest.mark.parametrize("mutual,ratio,max_distance", [
     (True, None, None), (False, None, None), (True, 0.9, None), (False, 0.8, 1.2), (True, None, 1.1)])
-def test_blockwise_equals_brute_force(n0, n1, mutual, ratio, max_distance):
+def test_blockwise_equals_brute_force(n0, n1, mutual, ratio, max_distance, impl):
     d0, d1 = random_desc(n0, 16, n0 + 1), random_desc(n1, 16, n1 + 1000)
     expected = brute_force(d0, d1, mutual, ratio, max_distance)
     for block_rows in (3, 64, None):
@@ -52,7 +68,7 @@ def test_blockwise_equals_brute_force(n0, n1, mutual, ratio, max_distance):
             assert np.allclose(scores, np.sum(d0[idx[:, 0]] * d1[idx[:, 1]], 1), atol=1e-6)
 
 
-def test_ties_take_the_lowest_index_in_both_directions():
+def test_ties_take_the_lowest_index_in_both_directions(impl):
     # Rows 0 and 1 of d1 are identical: row 0 of d0 must pick column 0, and column 0's best row
     # is row 0 (row 2 of d0 duplicates row 0).
     d0 = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
@@ -64,7 +80,7 @@ def test_ties_take_the_lowest_index_in_both_directions():
         assert idx.tolist() == [[0, 0], [1, 2], [2, 0]]
 
 
-def test_ratio_with_duplicate_neighbours_rejects():
+def test_ratio_with_duplicate_neighbours_rejects(impl):
     d0 = np.array([[1, 0]], np.float32)
     d1 = np.array([[1, 0], [1, 0]], np.float32)
     idx, _ = match_nearest_neighbours(d0, d1, mutual=False, ratio=0.99)
@@ -102,15 +118,16 @@ def lattice_desc(n, d, seed):
 
 @pytest.fixture
 def small_parts(monkeypatch):
-    """Split rows between threads and flush candidates early even on small inputs."""
+    """Split rows between threads and flush candidates early even on small inputs (both paths)."""
     monkeypatch.setattr(nn, "_MIN_ROWS_PER_THREAD", 8)
     monkeypatch.setattr(nn, "_FLUSH_PAIRS", 50)
+    monkeypatch.setattr(nn, "_NATIVE_CAPACITY", 8)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("mutual,ratio,max_distance", [
     (True, None, None), (False, None, None), (True, 0.9, None), (False, 0.8, 1.2), (True, 0.95, 1.1)])
-def test_fast_paths_equal_brute_force(precision, mutual, ratio, max_distance):
+def test_fast_paths_equal_brute_force(precision, mutual, ratio, max_distance, impl):
     # 333 x 257: several blocks both ways, blocks that are not multiples of the chunk, short tail chunks.
     d0, d1 = random_desc(333, 24, 5), random_desc(257, 24, 6)
     expected = brute_force(d0, d1, mutual, ratio, max_distance)
@@ -123,7 +140,7 @@ def test_fast_paths_equal_brute_force(precision, mutual, ratio, max_distance):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("ratio", [None, 0.999])
-def test_ties_everywhere_equal_brute_force(small_parts, precision, ratio):
+def test_ties_everywhere_equal_brute_force(small_parts, precision, ratio, impl):
     # Lattice descriptors: many exactly tied similarities in every row and column, plus exact
     # duplicate rows in both sets that fall into different blocks, chunks and thread parts.
     d0, d1 = lattice_desc(150, 8, 1), lattice_desc(140, 8, 2)
@@ -148,7 +165,7 @@ def test_ties_everywhere_equal_brute_force(small_parts, precision, ratio):
         assert np.array_equal(idx, expected)
 
 
-def test_threads_and_early_flushes_give_identical_matches(small_parts):
+def test_threads_and_early_flushes_give_identical_matches(small_parts, impl):
     d0, d1 = random_desc(700, 32, 11), random_desc(650, 32, 12)
     expected = brute_force(d0, d1, True, 0.95, None)
     out = [nn.best_two_both_ways(torch.from_numpy(d0), torch.from_numpy(d1), True, precision=precision,
@@ -215,3 +232,36 @@ def test_precision_setting_is_checked_and_gives_identical_matches():
         localfeat.load_matcher("nearest_neighbor", precision="fp16")
     with pytest.raises(ValueError, match="precision='int4'; choose one of fp32, bf16, auto"):
         match_nearest_neighbours(d, d, precision="int4")
+
+
+@pytest.mark.parametrize("need_second", [False, True])
+def test_c_pass_equals_torch_ops_bit_for_bit(small_parts, monkeypatch, need_second):
+    # The C pass (own exact re-scoring in C, threads on torch's OpenMP team, order-independent merges)
+    # gives the same six arrays as the torch ops, to the last bit: random and tied (lattice) data, a
+    # dimension that is not a power of two (padded pairwise sums), blocks with tails, 1-3 threads, and
+    # one block holding every row (near-ties that the bf16 filter misorders meet in one block: the
+    # candidates' thresholds must keep their 2 eps margin there; dimension 8 makes them frequent).
+    from localfeat.native import find_compiler
+    if find_compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    cases = [(random_desc(301, 24, 51), random_desc(277, 24, 52)), (lattice_desc(150, 8, 3), lattice_desc(130, 8, 4)),
+             (random_desc(300, 8, 7), random_desc(300, 8, 107)), (random_desc(300, 8, 1), random_desc(300, 8, 101))]
+    for d0, d1 in cases:
+        a, b = torch.from_numpy(d0), torch.from_numpy(d1)
+        for precision in ("fp32", "bf16"):
+            monkeypatch.setenv("LOCALFEAT_NATIVE", "0")
+            ref = nn.best_two_both_ways(a, b, need_second, precision=precision, block_rows=40, block_cols=48)
+            monkeypatch.setenv("LOCALFEAT_NATIVE", "1")
+            for threads, rows, cols in ((1, 40, 48), (2, 37, 100), (3, 301, 277), (2, 16, 17), (2, 301, 301)):
+                out = nn.best_two_both_ways(a, b, need_second, precision=precision, block_rows=rows,
+                                            block_cols=cols, threads=threads)
+                for x, y in zip(out, ref):
+                    assert x.dtype == y.dtype and torch.equal(x, y), (precision, threads, rows, cols)
+
+
+def test_max_row_norm_bounds_the_norms():
+    # The error bound needs max ||x_i|| rounded up (C pass, numpy, torch give an upper bound within 1e-5).
+    x = torch.from_numpy(random_desc(300, 37, 61)) * torch.linspace(0.5, 2.0, 300)[:, None]
+    exact = float(x.double().norm(dim=1).max())
+    assert exact <= nn._max_row_norm(x) <= exact * (1 + 1e-5)
+    assert nn._max_row_norm(x[:0]) == 0.0
