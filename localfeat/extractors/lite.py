@@ -78,7 +78,7 @@ class LiteNet(nn.Module):
     f4 (B, 32, H/4, W/4), g8 (B, dim, H/8, W/8)); `describe` and `dense_descriptors` turn (f4, g8)
     into descriptors."""
 
-    def __init__(self, dim: int = 64):
+    def __init__(self, dim: int = 64, context: bool = False):
         super().__init__()
         c2, c4, c8, c16 = WIDTHS
         self.dim = dim
@@ -90,6 +90,12 @@ class LiteNet(nn.Module):
         self.desc4 = nn.Conv2d(c4, dim, 1)
         self.desc8 = nn.Conv2d(c8, dim, 1)
         self.desc16 = nn.Conv2d(c16, dim, 1)
+        # Optional 3x3 context of the 1/8 features in the coarse descriptors, zero at the start, so that
+        # a network trained without it continues from the same outputs (preset lite_context).
+        self.context8 = nn.Conv2d(c8, dim, 3, 1, 1) if context else None
+        if context:
+            nn.init.zeros_(self.context8.weight)
+            nn.init.zeros_(self.context8.bias)
         self.head4 = nn.Conv2d(16 + c4, 32, 3, 1, 1)
         self.head8 = nn.Conv2d(dim, 32, 1)
         self.head_out = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(32, 32, 1), nn.ReLU(inplace=True),
@@ -101,6 +107,8 @@ class LiteNet(nn.Module):
         f8 = self.block8(f4)
         f16 = self.block16(f8)
         g8 = self.desc8(f8) + _upsample(self.desc16(f16), f8.shape[-2:])
+        if self.context8 is not None:
+            g8 = g8 + self.context8(f8)
         h = self.head4(torch.cat([F.pixel_unshuffle(x, 4), f4], 1)) + _upsample(self.head8(g8), f4.shape[-2:])
         return torch.sigmoid(F.pixel_shuffle(self.head_out(h), 4)), f4, g8
 
@@ -148,7 +156,7 @@ def load_net(weights: Optional[str | Path] = None, fold: bool = False) -> tuple[
             "" if weights is not None else " (the package is incomplete: reinstall localfeat)"))
     state = state_dict_from_file(path, entries=("lite",))
     dim = int(state["desc8.weight"].shape[0]) if "desc8.weight" in state else 64
-    net = LiteNet(dim)
+    net = LiteNet(dim, context="context8.weight" in state)
     load_strict(net, state, path, "lite")
     net.eval()
     return (net.fold_batchnorm() if fold else net), path
@@ -213,16 +221,28 @@ class Lite(Extractor):
 
 
 # ------------------------------------------------------------------------------------------ training
-TRAIN_DEFAULTS = {"dim": 64, "weights": None}
+TRAIN_DEFAULTS = {"dim": 64, "weights": None, "context": False}
 
 
 def train_build(conf: dict) -> LiteNet:
-    """A LiteNet from scratch (conf['weights'] None), or from a weights file ('packaged' = the shipped one)."""
+    """A LiteNet from scratch (conf['weights'] None), or from a weights file ('packaged' = the shipped one).
+
+    conf['context']: with the 1/8 context layer; from weights without it, the layer is added at zero
+    (the network's outputs are those of the weights)."""
+    context = bool(conf.get("context", False))
     if conf["weights"] is None:
-        return LiteNet(int(conf["dim"]))
+        return LiteNet(int(conf["dim"]), context=context)
     net, _ = load_net(None if conf["weights"] == "packaged" else conf["weights"])
     if net.dim != int(conf["dim"]):
         raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']}")
+    if context and net.context8 is None:
+        grown = LiteNet(net.dim, context=True)
+        missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+        if unexpected or not all(k.startswith("context8.") for k in missing):
+            raise ConfigError(f"model.weights {conf['weights']}: unexpected entries {unexpected} / missing {missing}")
+        net = grown
+    elif not context and net.context8 is not None:
+        raise ConfigError(f"model.weights {conf['weights']} hold the context layer; set model.context: true")
     return net.train()
 
 

@@ -159,3 +159,29 @@ def test_subpixel_temperature_moves_keypoints_off_the_integer_peaks_and_is_check
 def test_weights_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_extractor("lite", weights=str(tmp_path / "nope.pt"))
+
+
+def test_context_layer_starts_at_zero_round_trips_and_is_checked(tmp_path):
+    """`model.context: true` adds the 1/8 context layer at zero to weights that lack it (the same outputs
+    as before), the saved weights load back with it, and weights that hold it refuse a config without it."""
+    base = lite.packaged_weights()
+    grown = lite.train_build({"dim": 64, "weights": str(base), "context": True}).eval()
+    plain = lite.train_build({"dim": 64, "weights": str(base), "context": False}).eval()
+    assert plain.context8 is None and grown.context8 is not None
+    assert not grown.context8.weight.any() and not grown.context8.bias.any()
+    x = torch.rand(1, 1, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(grown(x), plain(x)):
+            assert torch.equal(a, b)
+        grown.context8.weight.normal_(std=0.1)                    # as if trained
+        path = tmp_path / "context.pt"
+        lite.train_save(grown, {}, path)
+        net, _ = lite.load_net(path)
+        assert net.context8 is not None
+        for a, b in zip(net(x), grown(x)):
+            assert torch.equal(a, b)
+        assert not torch.equal(net(x)[2], plain(x)[2])            # the layer changes the coarse descriptors
+    ex = load_extractor("lite", weights=str(path), resize_max=None, max_keypoints=20)
+    assert ex.net.context8 is not None
+    with pytest.raises(ConfigError, match="hold the context layer; set model.context: true"):
+        lite.train_build({"dim": 64, "weights": str(path), "context": False})
