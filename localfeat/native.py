@@ -109,7 +109,14 @@ def _load(name: str) -> Optional[ctypes.CDLL]:
     if cc is None:
         return None
     try:
-        return ctypes.CDLL(str(build(source, cc, openmp_runtime())))
+        openmp = openmp_runtime()
+        try:
+            path = build(source, cc, openmp)
+        except RuntimeError:
+            if openmp is None:
+                raise
+            path = build(source, cc, None)   # e.g. a compiler without OpenMP headers: one thread
+        return ctypes.CDLL(str(path))
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"localfeat: the C kernel {name} is not available ({e}); using the torch "
                       "implementation (same results, slower)", RuntimeWarning, stacklevel=3)

@@ -10,8 +10,9 @@
  * Threads: OpenMP, linked to the runtime torch already runs (native.py), so the pass runs on the same
  * threads as torch's GEMM, which are still spinning when it starts: no other threads compete for the
  * cores. Each thread has its own nn_state (its own exact best twos and candidates; the filter
- * statistics of the rows and columns are shared, see DEFINE_PASS1); lf_nn_finish merges them. The merges are order independent (ties: lowest index), so the result does
- * not depend on the number of threads.
+ * statistics of the rows and columns are shared, see DEFINE_PASS1); lf_nn_finish merges them. The
+ * merges are order independent (ties: lowest index), so the result does not depend on the number of
+ * threads.
  *
  * Compiled with -ffp-contract=off: the exact re-scoring sums float64 products in a fixed pairwise order
  * that must equal nearest_neighbor.exact_similarity's bit for bit.
@@ -86,7 +87,6 @@ static inline void merge_exact(double *best, double *second, int64_t *idx, doubl
     }
 }
 
-/* Re-score the pending candidates that still pass the (now tighter) thresholds; empty the buffers. */
 static inline void prefetch_row(const float *x, int64_t dim) {
     for (int64_t k = 0; k < dim; k += 16) __builtin_prefetch(x + k);
 }
@@ -113,6 +113,7 @@ static void flush_direction(nn_state *s, const int64_t *cand, const float *v, in
     }
 }
 
+/* Re-score the pending candidates that still pass the (now tighter) thresholds; empty the buffers. */
 static void flush(nn_state *s) {
     flush_direction(s, s->row_cand, s->row_cand_v, s->n_row_cand, 1);
     flush_direction(s, s->col_cand, s->col_cand_v, s->n_col_cand, 0);
@@ -142,8 +143,8 @@ static inline void merge_two(float *b1, float *b2, float x1, float x2) {
 }
 
 /* Vectors of LANES floats with GCC/Clang vector extensions (AVX-512 registers with -march=native on a
- * CPU that has them, pairs of AVX2 or groups of SSE registers elsewhere). max/min as comparisons and
- * blends: `x > y ? x : y`, the same value as the scalar code for finite inputs. */
+ * CPU that has them, pairs of AVX2 or groups of SSE registers elsewhere). vmax(x, y) = x > y ? x : y
+ * and vmin(x, y) = x < y ? x : y, lane by lane, as maxf / minf. */
 typedef float vfloat __attribute__((vector_size(4 * LANES)));
 typedef int32_t vint __attribute__((vector_size(4 * LANES)));
 typedef uint32_t vuint __attribute__((vector_size(4 * LANES)));
@@ -169,11 +170,9 @@ static inline vfloat vload_bf16(const uint16_t *p) {
 }
 static inline float load_f32(const float *p) { return *p; }
 static inline float load_bf16(const uint16_t *p) { return bf16_to_float(*p); }
-/* Whether any lane of a comparison mask is set. */
+/* Whether any lane of a comparison mask is set; the lanes as bits (lane k: bit k). */
 #if defined(__AVX512F__) && LANES == 16
-#include <immintrin.h>
 static inline int vany(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
-/* The lanes of a comparison mask as bits (lane k: bit k). */
 static inline uint32_t vbits(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m); }
 #else
 static inline uint32_t vbits(vint m) {
