@@ -221,17 +221,17 @@ class Lite(Extractor):
 
 
 # ------------------------------------------------------------------------------------------ training
-TRAIN_DEFAULTS = {"dim": 64, "weights": None, "context": False}
+TRAIN_DEFAULTS = {"dim": 64, "weights": None, "context": None}
 
 
 def train_build(conf: dict) -> LiteNet:
     """A LiteNet from scratch (conf['weights'] None), or from a weights file ('packaged' = the shipped one).
 
-    conf['context']: with the 1/8 context layer; from weights without it, the layer is added at zero
-    (the network's outputs are those of the weights)."""
-    context = bool(conf.get("context", False))
+    conf['context']: the 1/8 context layer. None: as the weights hold it (none from scratch); true: added at
+    zero to weights without it (the network's outputs are those of the weights); false: without it."""
+    context = conf.get("context")
     if conf["weights"] is None:
-        return LiteNet(int(conf["dim"]), context=context)
+        return LiteNet(int(conf["dim"]), context=bool(context))
     net, _ = load_net(None if conf["weights"] == "packaged" else conf["weights"])
     if net.dim != int(conf["dim"]):
         raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']}")
@@ -241,8 +241,9 @@ def train_build(conf: dict) -> LiteNet:
         if unexpected or not all(k.startswith("context8.") for k in missing):
             raise ConfigError(f"model.weights {conf['weights']}: unexpected entries {unexpected} / missing {missing}")
         net = grown
-    elif not context and net.context8 is not None:
-        raise ConfigError(f"model.weights {conf['weights']} hold the context layer; set model.context: true")
+    elif context is not None and not context and net.context8 is not None:
+        raise ConfigError(f"model.weights {conf['weights']} hold the context layer; set model.context: true "
+                          "(or leave it out)")
     return net.train()
 
 
