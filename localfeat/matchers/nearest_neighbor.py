@@ -265,6 +265,13 @@ class _BestTwo:
         self.second = torch.full((n,), NEG_INF, dtype=torch.float64, device=device)
         self.idx = torch.zeros(n, dtype=torch.long, device=device)
 
+    @classmethod
+    def of(cls, best: torch.Tensor, second: torch.Tensor, idx: torch.Tensor) -> "_BestTwo":
+        """The best two given as tensors (no copy)."""
+        out = cls.__new__(cls)
+        out.best, out.second, out.idx = best, second, idx
+        return out
+
     def merge_later(self, other: "_BestTwo") -> None:
         """Merge the best two of a later (higher-index) part into these: ties keep ours."""
         better = other.best > self.best
@@ -426,11 +433,8 @@ def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, block
             torch.mm(a_block, b_block.T, out=sim)
             block(states, threads, sim.data_ptr(), len(a_block), len(b_block), rs, cs)
     lib.lf_nn_finish(states, threads)   # the threads' results merged into the first's
-    rows, cols = _BestTwo.__new__(_BestTwo), _BestTwo.__new__(_BestTwo)
-    rows.best, rows.second = f64[:n0], f64[n0:2 * n0]
-    cols.best, cols.second = f64[2 * n0:2 * n0 + n1], f64[2 * n0 + n1:2 * (n0 + n1)]
-    rows.idx, cols.idx = i64[:n0], i64[n0:n0 + n1]
-    return rows, cols
+    return (_BestTwo.of(f64[:n0], f64[n0:2 * n0], i64[:n0]),
+            _BestTwo.of(f64[2 * n0:2 * n0 + n1], f64[2 * n0 + n1:2 * (n0 + n1)], i64[n0:n0 + n1]))
 
 
 @torch.inference_mode()
