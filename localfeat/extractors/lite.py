@@ -90,12 +90,9 @@ class LiteNet(nn.Module):
         self.desc4 = nn.Conv2d(c4, dim, 1)
         self.desc8 = nn.Conv2d(c8, dim, 1)
         self.desc16 = nn.Conv2d(c16, dim, 1)
-        # Optional 3x3 context of the 1/8 features in the coarse descriptors, zero at the start, so that
-        # a network trained without it continues from the same outputs (preset lite_context).
-        self.context8 = nn.Conv2d(c8, dim, 3, 1, 1) if context else None
+        self.context8 = None
         if context:
-            nn.init.zeros_(self.context8.weight)
-            nn.init.zeros_(self.context8.bias)
+            self.add_context()
         self.head4 = nn.Conv2d(16 + c4, 32, 3, 1, 1)
         self.head8 = nn.Conv2d(dim, 32, 1)
         self.head_out = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(32, 32, 1), nn.ReLU(inplace=True),
@@ -111,6 +108,14 @@ class LiteNet(nn.Module):
             g8 = g8 + self.context8(f8)
         h = self.head4(torch.cat([F.pixel_unshuffle(x, 4), f4], 1)) + _upsample(self.head8(g8), f4.shape[-2:])
         return torch.sigmoid(F.pixel_shuffle(self.head_out(h), 4)), f4, g8
+
+    def add_context(self) -> "LiteNet":
+        """Add the optional 3x3 context of the 1/8 features to the coarse descriptors, at zero, so that a
+        network trained without it continues from the same outputs (preset lite_context)."""
+        self.context8 = nn.Conv2d(WIDTHS[2], self.dim, 3, 1, 1).to(self.desc8.weight.device)
+        nn.init.zeros_(self.context8.weight)
+        nn.init.zeros_(self.context8.bias)
+        return self
 
     def describe(self, f4: torch.Tensor, g8: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
         """L2-normalised descriptors (B, N, dim) at input pixels xy (B, N, 2) (pixel-centre convention)."""
@@ -236,11 +241,7 @@ def train_build(conf: dict) -> LiteNet:
     if net.dim != int(conf["dim"]):
         raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']}")
     if context and net.context8 is None:
-        grown = LiteNet(net.dim, context=True)
-        missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
-        if unexpected or not all(k.startswith("context8.") for k in missing):
-            raise ConfigError(f"model.weights {conf['weights']}: unexpected entries {unexpected} / missing {missing}")
-        net = grown
+        net.add_context()
     elif context is not None and not context and net.context8 is not None:
         raise ConfigError(f"model.weights {conf['weights']} hold the context layer; set model.context: true "
                           "(or leave it out)")

@@ -466,25 +466,30 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
     eps2 = 2 * filter_error_bound(a, b, a_low, b_low)
     threads = threads or torch.get_num_threads()
     native = _native_kernel() if dev.type == "cpu" else None
-    if native is not None:
-        if block_rows is None or block_cols is None:
-            auto_rows, auto_cols = choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)
-            block_cols = block_cols or auto_cols
-            block_rows = block_rows or max(1, min(auto_rows, (memory_budget or auto_rows * block_cols * 4)
-                                                  // (4 * block_cols)))
-        rows, cols = _sweep_native(native, a, b, a_low, b_low, eps2, need_second, block_rows, block_cols,
-                                   threads)
-        if not need_second:
-            rows.second.fill_(NEG_INF)
-            cols.second.fill_(NEG_INF)
-        return rows.idx, rows.best, rows.second, cols.idx, cols.best, cols.second
-    a64, b64 = a.double(), b.double()
-    parts = 1 if dev.type != "cpu" else max(1, min(threads, n0 // _MIN_ROWS_PER_THREAD))
+    # The torch path on CPU sweeps `parts` row ranges in parallel; the C pass and GPUs sweep all rows at once.
+    parts = 1 if native is not None or dev.type != "cpu" else max(1, min(threads, n0 // _MIN_ROWS_PER_THREAD))
     if block_rows is None or block_cols is None:
         auto_rows, auto_cols = choose_blocks(-(-n0 // parts), n1, a.shape[1], chunk, threads=threads)
         block_cols = block_cols or auto_cols
         block_rows = block_rows or max(1, min(auto_rows, (memory_budget or auto_rows * block_cols * 4)
                                               // (4 * block_cols)))
+    if native is not None:
+        rows, cols = _sweep_native(native, a, b, a_low, b_low, eps2, need_second, block_rows, block_cols,
+                                   threads)
+    else:
+        rows, cols = _sweep_parts(a, b, a_low, b_low, eps2, need_second, block_rows, block_cols, chunk, parts)
+    if not need_second:
+        rows.second.fill_(NEG_INF)
+        cols.second.fill_(NEG_INF)
+    return rows.idx, rows.best, rows.second, cols.idx, cols.best, cols.second
+
+
+def _sweep_parts(a, b, a_low, b_low, eps2: float, need_second: bool, block_rows: int, block_cols: int,
+                 chunk: int, parts: int):
+    """`_sweep` over `parts` row ranges of `a`, each by its own thread with single-threaded torch ops, the
+    column results merged in row order. Returns (rows, cols) `_BestTwo` of all rows."""
+    a64, b64 = a.double(), b.double()
+    n0 = len(a)
     bounds = [n0 * k // parts for k in range(parts + 1)]
 
     def sweep(k: int):
@@ -498,24 +503,19 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
         return rows, cols
 
     if parts == 1:
-        results = [sweep(0)]
-    else:
-        caller_threads = torch.get_num_threads()
-        try:
-            with ThreadPoolExecutor(parts) as pool:
-                results = list(pool.map(sweep, range(parts)))
-        finally:
-            torch.set_num_threads(caller_threads)  # the default that new threads inherit
-    row_parts, cols = [r for r, _ in results], results[0][1]
+        return sweep(0)
+    caller_threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(parts) as pool:
+            results = list(pool.map(sweep, range(parts)))
+    finally:
+        torch.set_num_threads(caller_threads)  # the default that new threads inherit
+    cols = results[0][1]
     for _, later in results[1:]:
         cols.merge_later(later)
-    row_idx = torch.cat([r.idx for r in row_parts])
-    row_best = torch.cat([r.best for r in row_parts])
-    row_second = torch.cat([r.second for r in row_parts])
-    if not need_second:
-        row_second.fill_(NEG_INF)
-        cols.second.fill_(NEG_INF)
-    return row_idx, row_best, row_second, cols.idx, cols.best, cols.second
+    rows = _BestTwo.of(torch.cat([r.best for r, _ in results]), torch.cat([r.second for r, _ in results]),
+                       torch.cat([r.idx for r, _ in results]))
+    return rows, cols
 
 
 def nearest_neighbour_stats(desc0: torch.Tensor, desc1: torch.Tensor, block_rows: Optional[int] = None,

@@ -72,19 +72,24 @@ static double exact_dot(const nn_state *s, const float *x, const float *y) {
     return p[0];
 }
 
-/* Merge a candidate (value v at index `other`) into the exact best two of one key. Order independent:
- * a tie keeps the lowest index and makes the second equal to the best (no candidate comes twice). */
-static inline void merge_exact(double *best, double *second, int64_t *idx, double v, int64_t other) {
-    if (v > *best) {
-        *second = *best;
-        *best = v;
-        *idx = other;
-    } else if (v == *best) {
-        *second = v;
-        if (other < *idx) *idx = other;
-    } else if (v > *second) {
-        *second = v;
+/* Merge a best two (b >= s, index i of b) into (*best, *second, *idx), e.g. another thread's. Order
+ * independent: a tie keeps the lowest index and makes the second equal to the best. */
+static inline void merge_best_two(double *best, double *second, int64_t *idx, double b, double s, int64_t i) {
+    if (b > *best) {
+        *second = *best > s ? *best : s;
+        *best = b;
+        *idx = i;
+    } else if (b == *best) {
+        *second = b;
+        if (i < *idx) *idx = i;
+    } else if (b > *second) {
+        *second = b;
     }
+}
+
+/* Merge one candidate (value v at index `other`; no candidate comes twice) into the exact best two of a key. */
+static inline void merge_exact(double *best, double *second, int64_t *idx, double v, int64_t other) {
+    merge_best_two(best, second, idx, v, -__builtin_inf(), other);
 }
 
 static inline void prefetch_row(const float *x, int64_t dim) {
@@ -349,20 +354,6 @@ void NAME(nn_state *states, int64_t nthreads, const T *sim, int64_t h, int64_t w
 
 DEFINE_ENTRY(lf_nn_block_f32, float, pass1_f32_best, pass1_f32_two, pass2_f32_best, pass2_f32_two)
 DEFINE_ENTRY(lf_nn_block_bf16, uint16_t, pass1_bf16_best, pass1_bf16_two, pass2_bf16_best, pass2_bf16_two)
-
-/* Merge the best two (b, s, i) of another thread into (*best, *second, *idx); ties: lowest index. */
-static inline void merge_best_two(double *best, double *second, int64_t *idx, double b, double s, int64_t i) {
-    if (b > *best) {
-        *second = *best > s ? *best : s;
-        *best = b;
-        *idx = i;
-    } else if (b == *best) {
-        *second = b;
-        if (i < *idx) *idx = i;
-    } else if (b > *second) {
-        *second = b;
-    }
-}
 
 /* Re-score every thread's last candidates, then merge the threads' exact best twos into states[0]. */
 void lf_nn_finish(nn_state *states, int64_t nthreads) {
