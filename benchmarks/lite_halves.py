@@ -50,8 +50,8 @@ def main() -> int:
         return cv2.resize(im, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA), (w, h)
 
     def lite_desc(im, xy):
-        _, f4, g8 = lite.net(pad_to_multiple(image_to_tensor(im, "cpu")).contiguous(memory_format=torch.channels_last))
-        return lite.net.describe(f4, g8, torch.from_numpy(xy)[None])[0].numpy()
+        _, maps = lite.net(pad_to_multiple(image_to_tensor(im, "cpu")).contiguous(memory_format=torch.channels_last))
+        return lite.net.describe(maps, torch.from_numpy(xy)[None])[0].numpy()
 
     def alike_desc(im, xy):
         _, dense = alike.dense(image_to_tensor(im, "cpu"))

@@ -72,6 +72,32 @@ def openmp_runtime() -> Optional[str]:
     return found[0] if found else None
 
 
+_BLAS_LIBRARY = re.compile(r"lib(torch_cpu|mkl_rt|mkl_core)\.so[^/]*$")
+
+
+@functools.lru_cache(maxsize=None)
+def blas_symbol(name: str) -> Optional[int]:
+    """Address of the BLAS function `name` (e.g. 'sgemm_', the Fortran interface) of torch's MKL (linked
+    into libtorch_cpu on x86, or a shared MKL), or None where there is none. Only MKL: it runs one thread
+    when called inside an OpenMP parallel region, as the C kernels call it (an OpenBLAS built with its own
+    threads, such as numpy's, warns and may hang there)."""
+    import torch  # noqa: F401  (loads torch's BLAS)
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "/" in line})
+    except OSError:
+        return None
+    for path in paths:
+        if not _BLAS_LIBRARY.search(os.path.basename(path)):
+            continue
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)   # only if loaded already
+            return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 def _run(cmd: list) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:

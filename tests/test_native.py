@@ -80,3 +80,38 @@ def test_the_openmp_runtime_is_torchs(kernels):
             assert path in f.read()
     else:
         assert path is None
+
+
+def test_blas_symbol_finds_torchs_sgemm_and_it_computes_a_product():
+    # The C sweep calls MKL's sgemm_ through its address; where torch has no MKL (e.g. an ARM build), or the
+    # symbol is missing, matching takes the torch path (use_native() is False).
+    import ctypes
+
+    from localfeat.matchers import nearest_neighbor as nn
+    assert native.blas_symbol("no_such_blas_function_") is None
+    addr = native.blas_symbol("sgemm_")
+    if "blas_info=mkl" in torch.__config__.show().lower():
+        assert addr is not None                          # x86 torch wheels link MKL (the pinned 2.13.0 does)
+    if addr is None:
+        assert not nn.use_native()
+        return
+    i32, f32 = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_float)
+    sgemm = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, i32, i32, i32, f32, ctypes.c_void_p, i32,
+                             ctypes.c_void_p, i32, f32, ctypes.c_void_p, i32)(addr)
+    a, b = torch.arange(6, dtype=torch.float32).view(2, 3), torch.arange(12, dtype=torch.float32).view(4, 3)
+    c = torch.empty(2, 4)
+    m, n, k = (ctypes.c_int32(v) for v in (4, 2, 3))
+    one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+    # row-major c = a @ b.T, as nn_kernel.c's gemm_tile calls it (column-major c^T = b^T-as-stored . a)
+    sgemm(b"T", b"N", m, n, k, one, b.data_ptr(), k, a.data_ptr(), k, zero, c.data_ptr(), m)
+    assert torch.equal(c, a @ b.T)
+    assert torch.equal(c, torch.tensor([[5.0, 14.0, 23.0, 32.0], [14.0, 50.0, 86.0, 122.0]]))
+
+
+def test_matching_without_sgemm_takes_the_torch_path(monkeypatch):
+    from localfeat.matchers import nearest_neighbor as nn
+    monkeypatch.setattr(nn, "blas_symbol", lambda name: None)
+    assert not nn.use_native()
+    d0 = torch.nn.functional.normalize(torch.randn(40, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    idx, best = nn.match_nearest_neighbours(d0, d0)
+    assert (idx[:, 0] == idx[:, 1]).all() and len(idx) == 40 and abs(best - 1).max() < 1e-6

@@ -10,8 +10,10 @@ convolution over a few channels at full resolution costs more than the whole 1/8
     block8   3x3 s2, 3x3          64 ch  at 1/8   -> f8
     block16  3x3 s2, 3x3         128 ch  at 1/16  -> f16
     (each: Conv2d without bias, BatchNorm2d, ReLU; BatchNorm is folded into the conv for inference)
-    coarse descriptors  g8 = desc8(f8) + up(desc16(f16))            (B, D, H/8, W/8), 1x1 convs, D = 64
-    descriptor at pixel p = normalise(desc4(f4 sampled at p) + g8 sampled at p)   (bilinear, border-clamped)
+    coarse descriptors  g8 = desc8(f8) + up(desc16(f16)) [+ context8(f8)]   (B, D, H/8, W/8), 1x1 convs, D = 64;
+                        context8 (optional): 3x3
+    descriptor at pixel p = normalise(desc4(f4 sampled at p) + g8 sampled at p [+ fine2(f2) sampled at p])
+                        (bilinear, border-clamped); fine2 (optional): a 3x3 conv (8 -> D) over the 1/2 features
     score head at 1/4   h = head4([unshuffle4(x), f4]) + up(head8(g8))   head4: 3x3 (16 + 32 -> 32), head8: 1x1
                           (64 -> 32); unshuffle4 = the 16 pixels of each 4x4 cell as channels
     scores = sigmoid(shuffle4(head_out(h)))    head_out: ReLU, 1x1 (32 -> 32), ReLU, 1x1 (32 -> 16);
@@ -19,9 +21,11 @@ convolution over a few channels at full resolution costs more than the whole 1/8
                           neighbouring cells' pixels, so the map is continuous across cell borders (with 1x1
                           layers only, peaks piled up on the cell borders: 40% of them at x = 3 mod 4)
 
-desc4 is a 1x1 conv (linear), so sampling f4 and then applying it equals sampling desc4(f4): the extractor
-samples the 32-channel f4 at the keypoints only and never builds a 1/4-resolution descriptor map; training
-builds the full-resolution map (`dense_descriptors`), equal to the extractor's descriptors at every pixel.
+desc4 and fine2 are linear, so sampling f4 and then applying desc4 equals sampling desc4(f4), and fine2(f2) at p
+is fine2's weights applied to f2 sampled at p and its 8 neighbours 2 px away (zero outside the map, as the conv's
+padding): the extractor samples the 32-channel f4 and the 8-channel f2 at the keypoints only and never builds a
+descriptor map finer than 1/8; training builds the full-resolution map (`dense_descriptors`), equal to the
+extractor's descriptors at every pixel.
 
 Keypoints: ALIKE's DKD on the score map (`_dkd.detect_keypoints`: iterative NMS of radius `nms_radius`,
 border, the `max_keypoints` best or the peaks above `detection_threshold`, soft-argmax sub-pixel
@@ -75,10 +79,13 @@ class LiteNet(nn.Module):
     """The lite network (module docstring).
 
     forward: gray (B, 1, H, W) in [0, 1], H and W multiples of 16 -> (scores (B, 1, H, W) in [0, 1],
-    f4 (B, 32, H/4, W/4), g8 (B, dim, H/8, W/8)); `describe` and `dense_descriptors` turn (f4, g8)
-    into descriptors."""
+    maps = (f2 (B, 8, H/2, W/2), f4 (B, 32, H/4, W/4), g8 (B, dim, H/8, W/8))); `describe` and
+    `dense_descriptors` turn the maps into descriptors.
 
-    def __init__(self, dim: int = 64, context: bool = False):
+    context: the 3x3 layer over the 1/8 features (`add_context`); fine: the 3x3 layer over the 1/2 features
+    (`add_fine`). Both are optional so that weights trained without them load and grow them at zero."""
+
+    def __init__(self, dim: int = 64, context: bool = False, fine: bool = False):
         super().__init__()
         c2, c4, c8, c16 = WIDTHS
         self.dim = dim
@@ -91,42 +98,79 @@ class LiteNet(nn.Module):
         self.desc8 = nn.Conv2d(c8, dim, 1)
         self.desc16 = nn.Conv2d(c16, dim, 1)
         self.context8 = None
+        self.fine2 = None
         if context:
             self.add_context()
+        if fine:
+            self.add_fine()
         self.head4 = nn.Conv2d(16 + c4, 32, 3, 1, 1)
         self.head8 = nn.Conv2d(dim, 32, 1)
         self.head_out = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(32, 32, 1), nn.ReLU(inplace=True),
                                       nn.Conv2d(32, 16, 1))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         x = self.norm(image)
-        f4 = self.block4(self.block2(x))
+        f2 = self.block2(x)
+        f4 = self.block4(f2)
         f8 = self.block8(f4)
         f16 = self.block16(f8)
         g8 = self.desc8(f8) + _upsample(self.desc16(f16), f8.shape[-2:])
         if self.context8 is not None:
             g8 = g8 + self.context8(f8)
         h = self.head4(torch.cat([F.pixel_unshuffle(x, 4), f4], 1)) + _upsample(self.head8(g8), f4.shape[-2:])
-        return torch.sigmoid(F.pixel_shuffle(self.head_out(h), 4)), f4, g8
+        return torch.sigmoid(F.pixel_shuffle(self.head_out(h), 4)), (f2, f4, g8)
+
+    def _zero_layer(self, cin: int) -> nn.Conv2d:
+        layer = nn.Conv2d(cin, self.dim, 3, 1, 1).to(self.desc8.weight.device)
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        return layer
 
     def add_context(self) -> "LiteNet":
         """Add the optional 3x3 context of the 1/8 features to the coarse descriptors, at zero, so that a
         network trained without it continues from the same outputs (preset lite_context)."""
-        self.context8 = nn.Conv2d(WIDTHS[2], self.dim, 3, 1, 1).to(self.desc8.weight.device)
-        nn.init.zeros_(self.context8.weight)
-        nn.init.zeros_(self.context8.bias)
+        self.context8 = self._zero_layer(WIDTHS[2])
         return self
 
-    def describe(self, f4: torch.Tensor, g8: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-        """L2-normalised descriptors (B, N, dim) at input pixels xy (B, N, 2) (pixel-centre convention)."""
-        w = self.desc4.weight[:, :, 0, 0]
-        fine = F.linear(sample_at_pixels(f4, xy, 4, "border"), w, self.desc4.bias)
-        return l2_normalize(fine + sample_at_pixels(g8, xy, 8, "border"), dim=-1)
+    def add_fine(self) -> "LiteNet":
+        """Add the optional 3x3 layer over the 1/2 features to the descriptors, at zero (same outputs as
+        before; preset lite_fine): detail finer than the 1/4 features carry, for precise matches."""
+        self.fine2 = self._zero_layer(WIDTHS[0])
+        return self
 
-    def dense_descriptors(self, f4: torch.Tensor, g8: torch.Tensor) -> torch.Tensor:
-        """L2-normalised descriptors (B, dim, H, W) at every input pixel (what `describe` gives there)."""
+    def describe(self, maps: tuple, xy: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors (B, N, dim) at input pixels xy (B, N, 2) (pixel-centre convention);
+        maps: forward's (f2, f4, g8)."""
+        f2, f4, g8 = maps
+        w = self.desc4.weight[:, :, 0, 0]
+        desc = F.linear(sample_at_pixels(f4, xy, 4, "border"), w, self.desc4.bias) + sample_at_pixels(g8, xy, 8, "border")
+        if self.fine2 is not None:
+            desc = desc + self._fine_at(f2, xy)
+        return l2_normalize(desc, dim=-1)
+
+    def _fine_at(self, f2: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """fine2(f2) sampled bilinearly (border-clamped) at xy (B, N, 2) -> (B, N, dim), from 9 samples of f2:
+        the points are clamped to the map's pixel centres (border clamping), then f2 is read at them and 2 px
+        (one map pixel) around, zero outside the map (the conv's zero padding); exact by linearity."""
+        h, w = f2.shape[-2:]
+        lo, hi = 0.5, xy.new_tensor([2 * w - 1.5, 2 * h - 1.5])
+        xy = torch.minimum(xy.clamp(min=lo), hi)
+        offsets = 2.0 * torch.stack(torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij"), -1)
+        offsets = offsets.flip(-1).reshape(9, 2).to(xy)                       # (ky, kx) order, as (dx, dy)
+        b, n = xy.shape[:2]
+        taps = sample_at_pixels(f2, (xy[:, :, None] + offsets).reshape(b, n * 9, 2), 2, "zeros")
+        taps = taps.reshape(b, n, 9, -1).transpose(2, 3).reshape(b, n, -1)   # (B, N, C * 9), C-major as the weight
+        return F.linear(taps, self.fine2.weight.reshape(self.dim, -1), self.fine2.bias)
+
+    def dense_descriptors(self, maps: tuple) -> torch.Tensor:
+        """L2-normalised descriptors (B, dim, H, W) at every input pixel (what `describe` gives there);
+        maps: forward's (f2, f4, g8)."""
+        f2, f4, g8 = maps
         size = (f4.shape[-2] * 4, f4.shape[-1] * 4)
-        return l2_normalize(_upsample(self.desc4(f4), size) + _upsample(g8, size), dim=1)
+        desc = _upsample(self.desc4(f4), size) + _upsample(g8, size)
+        if self.fine2 is not None:
+            desc = desc + _upsample(self.fine2(f2), size)
+        return l2_normalize(desc, dim=1)
 
     def fold_batchnorm(self) -> "LiteNet":
         """Fold every eval-mode BatchNorm into its conv (inference only; same outputs up to rounding)."""
@@ -161,7 +205,7 @@ def load_net(weights: Optional[str | Path] = None, fold: bool = False) -> tuple[
             "" if weights is not None else " (the package is incomplete: reinstall localfeat)"))
     state = state_dict_from_file(path, entries=("lite",))
     dim = int(state["desc8.weight"].shape[0]) if "desc8.weight" in state else 64
-    net = LiteNet(dim, context="context8.weight" in state)
+    net = LiteNet(dim, context="context8.weight" in state, fine="fine2.weight" in state)
     load_strict(net, state, path, "lite")
     net.eval()
     return (net.fold_batchnorm() if fold else net), path
@@ -209,7 +253,7 @@ class Lite(Extractor):
         h, w = image.shape[:2]
         c = self.conf
         x = image_to_tensor(image, self.device)                    # (1, 1, H, W) in [0, 1]
-        scores_map, f4, g8 = self.net(pad_to_multiple(x).contiguous(memory_format=torch.channels_last))
+        scores_map, maps = self.net(pad_to_multiple(x).contiguous(memory_format=torch.channels_last))
         scores_map = scores_map[..., :h, :w].contiguous()
         r, t = int(c["nms_radius"]), float(c["subpixel_temperature"])
         kpts, scores = detect_keypoints(scores_map, r, (r + 1, r + 1), c["max_keypoints"],
@@ -221,30 +265,33 @@ class Lite(Extractor):
         order = torch.argsort(scores, descending=True, stable=True)  # best first
         kpts, scores = kpts[order], scores[order]
         xy = (kpts + 1) / 2 * kpts.new_tensor([w - 1, h - 1])      # pixels, pixel-centre origin
-        desc = self.net.describe(f4, g8, xy[None])[0]
+        desc = self.net.describe(maps, xy[None])[0]
         return Features(xy.cpu().numpy(), scores.float().cpu().numpy(), desc.float().cpu().numpy(), (w, h))
 
 
 # ------------------------------------------------------------------------------------------ training
-TRAIN_DEFAULTS = {"dim": 64, "weights": None, "context": None}
+TRAIN_DEFAULTS = {"dim": 64, "weights": None, "context": None, "fine": None}
+_OPTIONAL_LAYERS = (("context", "context8", "add_context"), ("fine", "fine2", "add_fine"))
 
 
 def train_build(conf: dict) -> LiteNet:
     """A LiteNet from scratch (conf['weights'] None), or from a weights file ('packaged' = the shipped one).
 
-    conf['context']: the 1/8 context layer. None: as the weights hold it (none from scratch); true: added at
-    zero to weights without it (the network's outputs are those of the weights); false: without it."""
-    context = conf.get("context")
+    conf['context'] (the 1/8 context layer) and conf['fine'] (the 1/2 layer): None: as the weights hold it
+    (none from scratch); true: added at zero to weights without it (the network's outputs are those of the
+    weights); false: without it."""
     if conf["weights"] is None:
-        return LiteNet(int(conf["dim"]), context=bool(context))
+        return LiteNet(int(conf["dim"]), context=bool(conf.get("context")), fine=bool(conf.get("fine")))
     net, _ = load_net(None if conf["weights"] == "packaged" else conf["weights"])
     if net.dim != int(conf["dim"]):
         raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']}")
-    if context and net.context8 is None:
-        net.add_context()
-    elif context is not None and not context and net.context8 is not None:
-        raise ConfigError(f"model.weights {conf['weights']} hold the context layer; set model.context: true "
-                          "(or leave it out)")
+    for key, attr, add in _OPTIONAL_LAYERS:
+        wanted, held = conf.get(key), getattr(net, attr) is not None
+        if wanted and not held:
+            getattr(net, add)()
+        elif wanted is not None and not wanted and held:
+            raise ConfigError(f"model.weights {conf['weights']} hold the {key} layer ({attr}); set model.{key}: "
+                              "true (or leave it out)")
     return net.train()
 
 
@@ -252,8 +299,8 @@ def train_dense(net: LiteNet, images: torch.Tensor) -> dict:
     """Dense outputs for the losses: images (B, 3, H, W) RGB in [0, 1] -> 'scores' (B, 1, H, W) and
     'descriptors' (B, D, H, W) (`LiteNet.dense_descriptors`, L2-normalised), stride 1."""
     h, w = images.shape[-2:]
-    scores, f4, g8 = net(pad_to_multiple(to_gray(images)))
-    desc = net.dense_descriptors(f4, g8)
+    scores, maps = net(pad_to_multiple(to_gray(images)))
+    desc = net.dense_descriptors(maps)
     return {"scores": scores[..., :h, :w], "descriptors": desc[..., :h, :w], "stride": 1}
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..hardware import cpu_info
-from ..native import load_kernel, native_enabled
+from ..native import blas_symbol, load_kernel, native_enabled
 from ..types import Features, Matches
 from .base import Matcher
 
@@ -94,6 +94,18 @@ def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int]
     rows = max(chunk, (info.l3 // (2 * threads) // (4 * cols)) // chunk * chunk)
     rows = min(rows, -(-n0 // chunk) * chunk)
     return rows, cols
+
+
+def choose_tiles(n0: int, n1: int, dim: int, threads: int) -> tuple[int, int]:
+    """(tile_rows, tile_cols) of the C sweep's tiles, from the CPU's L2 (per core): a block of tile_cols
+    columns of desc1 fills half of it, so the GEMM reuses it from cache while the rows go by, and a tile
+    of similarities a quarter, so the pass right after the GEMM reads it from this core's cache.
+    tile_rows is a multiple of 4 (the pass sweeps 4 rows at once); neither is larger than needed."""
+    l2 = cpu_info().l2
+    cols = max(64, min(4096, l2 // (8 * dim)) // 16 * 16)
+    rows = max(4, l2 // (16 * cols) // 4 * 4)
+    per_thread = -(-n0 // threads)
+    return min(rows, -(-per_thread // 4) * 4), min(cols, n1)
 
 
 def _max_row_norm(x: torch.Tensor) -> float:
@@ -348,12 +360,12 @@ class _NativeState(ctypes.Structure):
     _fields_ = ([("a", ctypes.c_void_p), ("b", ctypes.c_void_p)]
                 + [(n, ctypes.c_int64) for n in ("n0", "n1", "dim", "width", "need_second")]
                 + [("eps2", ctypes.c_float)]
-                + [(n, ctypes.c_void_p) for n in ("row1", "row2", "col1", "col2", "row_best", "row_second",
-                                                  "col_best", "col_second", "row_idx", "col_idx", "row_cand",
-                                                  "col_cand", "row_cand_v", "col_cand_v")]
+                + [(n, ctypes.c_void_p) for n in ("row1", "row2", "col1", "col2", "col1_all", "col2_all",
+                                                  "row_best", "row_second", "col_best", "col_second", "row_idx",
+                                                  "col_idx", "row_cand", "col_cand", "row_cand_v", "col_cand_v")]
                 + [(n, ctypes.c_int64) for n in ("capacity", "n_row_cand", "n_col_cand")]
-                + [(n, ctypes.c_void_p) for n in ("sums", "col_block", "col_thr")]
-                + [("block_cols", ctypes.c_int64)])
+                + [(n, ctypes.c_void_p) for n in ("sums", "tile", "col_thr")]
+                + [(n, ctypes.c_int64) for n in ("tile_rows", "tile_cols")])
 
 
 def _native_kernel() -> Optional[ctypes.CDLL]:
@@ -371,9 +383,9 @@ def _load_native_kernel() -> Optional[ctypes.CDLL]:
     if lib.lf_nn_state_size() != ctypes.sizeof(_NativeState):
         raise RuntimeError("nn_kernel.c's nn_state and _NativeState differ; fix the mirror")
     states = ctypes.POINTER(_NativeState)
-    for name in ("lf_nn_block_f32", "lf_nn_block_bf16"):
-        getattr(lib, name).argtypes = [states, ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 4
-        getattr(lib, name).restype = None
+    lib.lf_nn_sweep.argtypes, lib.lf_nn_sweep.restype = [states, ctypes.c_int64, ctypes.c_void_p], None
+    lib.lf_nn_block_bf16.argtypes = [states, ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 4
+    lib.lf_nn_block_bf16.restype = None
     for name in ("lf_nn_init", "lf_nn_finish"):
         getattr(lib, name).argtypes, getattr(lib, name).restype = [states, ctypes.c_int64], None
     lib.lf_nn_openmp.restype = ctypes.c_int64
@@ -383,56 +395,66 @@ def _load_native_kernel() -> Optional[ctypes.CDLL]:
 
 
 def use_native() -> bool:
-    """True when CPU matching runs the fused C pass (`_sweep_native`) instead of torch ops (`_sweep`)."""
-    return _native_kernel() is not None
+    """True when CPU matching runs the C kernel (`_sweep_native`) instead of torch ops (`_sweep`): a C
+    compiler, and for the float32 filter, torch's MKL sgemm."""
+    return _native_kernel() is not None and blas_symbol("sgemm_") is not None
 
 
-def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, block_rows: int,
-                  block_cols: int, threads: int):
-    """`_sweep` with the per-block search done by one C pass over each block (CPU tensors, nn_kernel.c).
+def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, tile_rows: int, tile_cols: int,
+                  threads: int, block_rows: int):
+    """`_sweep` by the C kernel (CPU tensors, nn_kernel.c), on `threads` of torch's OpenMP threads.
 
-    Runs in the calling thread: torch's GEMM writes a block with torch's threads, then the C pass reads
-    it, still in cache, on the same OpenMP threads (`threads` of them, each with its own state, rows
-    split between them), keeps the best two per row and column and re-scores the candidates exactly.
+    float32 filter: one C call (`lf_nn_sweep`). Each thread takes a share of the rows and sweeps it in
+    tiles of tile_rows x tile_cols: a single-threaded call of torch's MKL sgemm writes a tile into this
+    thread's buffer, still in this core's cache when the pass over it keeps the best two per row and column
+    and collects the candidates. No Python and no synchronisation between tiles.
+    bfloat16 filter: torch's bf16 GEMM (oneDNN: AVX-512 BF16 or AMX where the CPU has them; MKL's bf16
+    GEMM runs 3x slower than its sgemm on an AMD EPYC) writes blocks of block_rows x tile_cols, and one C
+    call per block (`lf_nn_block_bf16`) runs the same passes over them, tile_rows at a time.
+    Then `lf_nn_finish` re-scores the last candidates (exactly, in C) and merges the threads' results.
     Returns (rows, cols) `_BestTwo`, the same values as `_sweep`."""
     n0, n1, dim = len(a), len(b), a.shape[1]
-    threads = max(1, threads) if lib.lf_nn_openmp() else 1
-    block_cols = min(block_cols, n1)
+    threads = max(1, min(threads, n0)) if lib.lf_nn_openmp() else 1
+    tile_rows, tile_cols = min(tile_rows, n0), min(tile_cols, n1)
     cap = _NATIVE_CAPACITY
     width = 1 << max(0, (dim - 1).bit_length())
-    # Three workspaces (few Python objects), carved below. float32: shared row and column statistics
-    # (2 n0 + 2 n1) and column thresholds (block_cols), per thread candidate values (2 cap) and its best
-    # two of a block's columns (2 block_cols); float64: exact best twos per thread (2 n0 + 2 n1) and
-    # pairwise sums (width); int64: per thread indices of the best (n0 + n1) and candidates (4 cap).
-    shared = 2 * n0 + 2 * n1 + block_cols
-    f32_each, f64_each, i64_each = 2 * cap + 2 * block_cols, 2 * n0 + 2 * n1 + width, n0 + n1 + 4 * cap
+    # Three workspaces (few Python objects), carved below. float32: row statistics (2 n0), the merged
+    # column statistics (2 n1); per thread its column statistics (2 n1), candidate values (2 cap), a
+    # tile and its columns' thresholds; float64: exact best twos per thread (2 n0 + 2 n1) and pairwise
+    # sums (width); int64: per thread indices of the best (n0 + n1) and candidates (4 cap).
+    shared = 2 * n0 + 2 * n1
+    f32_each = 2 * n1 + 2 * cap + tile_rows * tile_cols + tile_cols + 16
+    f64_each, i64_each = 2 * n0 + 2 * n1 + width, n0 + n1 + 4 * cap
     f32 = torch.empty(shared + threads * f32_each)
     f64 = torch.empty(threads * f64_each, dtype=torch.float64)
     i64 = torch.empty(threads * i64_each, dtype=torch.long)
     base = f32.data_ptr()
-    rows1, rows2, cols1, cols2 = base, base + 4 * n0, base + 8 * n0, base + 8 * n0 + 4 * n1
-    col_thr = base + 8 * (n0 + n1)
+    rows1, rows2, cols1_all, cols2_all = base, base + 4 * n0, base + 8 * n0, base + 8 * n0 + 4 * n1
     states = (_NativeState * threads)()
     for t in range(threads):
         f = base + 4 * (shared + t * f32_each)
+        tile = (f + 4 * (2 * n1 + 2 * cap) + 63) // 64 * 64          # a tile starts on a cache line
         d = f64.data_ptr() + 8 * t * f64_each
         i = i64.data_ptr() + 8 * t * i64_each
         states[t] = _NativeState(
             a.data_ptr(), b.data_ptr(), n0, n1, dim, width, int(need_second), eps2,
-            rows1, rows2, cols1, cols2, d, d + 8 * n0, d + 16 * n0, d + 16 * n0 + 8 * n1, i, i + 8 * n0,
-            i + 8 * (n0 + n1), i + 8 * (n0 + n1 + 2 * cap), f, f + 4 * cap,
-            cap, 0, 0, d + 16 * (n0 + n1), f + 8 * cap, col_thr, block_cols)
+            rows1, rows2, f, f + 4 * n1, cols1_all, cols2_all,
+            d, d + 8 * n0, d + 16 * n0, d + 16 * n0 + 8 * n1, i, i + 8 * n0,
+            i + 8 * (n0 + n1), i + 8 * (n0 + n1 + 2 * cap), f + 8 * n1, f + 8 * n1 + 4 * cap,
+            cap, 0, 0, d + 16 * (n0 + n1), tile, tile + 4 * tile_rows * tile_cols, tile_rows, tile_cols)
     lib.lf_nn_init(states, threads)
-    block = lib.lf_nn_block_bf16 if a_low.dtype == torch.bfloat16 else lib.lf_nn_block_f32
-    buffer = torch.empty(min(block_rows, n0) * block_cols, dtype=a_low.dtype)
-    for cs in range(0, n1, block_cols):
-        b_block = b_low[cs:cs + block_cols]
-        for rs in range(0, n0, block_rows):
-            a_block = a_low[rs:rs + block_rows]
-            sim = buffer[:len(a_block) * len(b_block)].view(len(a_block), len(b_block))
-            torch.mm(a_block, b_block.T, out=sim)
-            block(states, threads, sim.data_ptr(), len(a_block), len(b_block), rs, cs)
-    lib.lf_nn_finish(states, threads)   # the threads' results merged into the first's
+    if a_low.dtype == torch.float32:
+        lib.lf_nn_sweep(states, threads, blas_symbol("sgemm_"))
+    else:
+        buffer = torch.empty(min(block_rows, n0) * tile_cols, dtype=a_low.dtype)
+        for cs in range(0, n1, tile_cols):
+            b_block = b_low[cs:cs + tile_cols]
+            for rs in range(0, n0, block_rows):
+                a_block = a_low[rs:rs + block_rows]
+                sim = buffer[:len(a_block) * len(b_block)].view(len(a_block), len(b_block))
+                torch.mm(a_block, b_block.T, out=sim)
+                lib.lf_nn_block_bf16(states, threads, sim.data_ptr(), len(a_block), len(b_block), rs, cs)
+    lib.lf_nn_finish(states, threads)
     return (_BestTwo.of(f64[:n0], f64[n0:2 * n0], i64[:n0]),
             _BestTwo.of(f64[2 * n0:2 * n0 + n1], f64[2 * n0 + n1:2 * (n0 + n1)], i64[n0:n0 + n1]))
 
@@ -465,18 +487,25 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
     a_low, b_low = (a, b) if precision == "fp32" else (a.bfloat16(), b.bfloat16())
     eps2 = 2 * filter_error_bound(a, b, a_low, b_low)
     threads = threads or torch.get_num_threads()
-    native = _native_kernel() if dev.type == "cpu" else None
+    native = _native_kernel() if dev.type == "cpu" and use_native() else None
     # The torch path on CPU sweeps `parts` row ranges in parallel; the C pass and GPUs sweep all rows at once.
     parts = 1 if native is not None or dev.type != "cpu" else max(1, min(threads, n0 // _MIN_ROWS_PER_THREAD))
-    if block_rows is None or block_cols is None:
-        auto_rows, auto_cols = choose_blocks(-(-n0 // parts), n1, a.shape[1], chunk, threads=threads)
-        block_cols = block_cols or auto_cols
-        block_rows = block_rows or max(1, min(auto_rows, (memory_budget or auto_rows * block_cols * 4)
-                                              // (4 * block_cols)))
     if native is not None:
-        rows, cols = _sweep_native(native, a, b, a_low, b_low, eps2, need_second, block_rows, block_cols,
-                                   threads)
+        tile_rows, tile_cols = choose_tiles(n0, n1, a.shape[1], threads)
+        if precision == "bf16":   # torch's GEMM writes blocks of the C pass's tiles (block_rows: ~ the L3)
+            tile_cols = block_cols or choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)[1]
+            block_rows = block_rows or choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)[0]
+            tile_rows = min(tile_rows, block_rows)
+        else:
+            tile_rows, tile_cols = block_rows or tile_rows, block_cols or tile_cols
+        rows, cols = _sweep_native(native, a, b, a_low, b_low, eps2, need_second, tile_rows, tile_cols, threads,
+                                   block_rows or 0)
     else:
+        if block_rows is None or block_cols is None:
+            auto_rows, auto_cols = choose_blocks(-(-n0 // parts), n1, a.shape[1], chunk, threads=threads)
+            block_cols = block_cols or auto_cols
+            block_rows = block_rows or max(1, min(auto_rows, (memory_budget or auto_rows * block_cols * 4)
+                                                  // (4 * block_cols)))
         rows, cols = _sweep_parts(a, b, a_low, b_low, eps2, need_second, block_rows, block_cols, chunk, parts)
     if not need_second:
         rows.second.fill_(NEG_INF)

@@ -1,18 +1,26 @@
-/* Fused reduction of nearest-neighbour matching: one pass over a similarity block that the GEMM just
- * wrote (still in cache) keeps the best two per row and per column and collects the few candidates
- * that may be among the exact best two; candidates are re-scored exactly (float64) and merged.
+/* Fused nearest-neighbour matching: each thread computes tiles of the similarity matrix with the BLAS
+ * GEMM that torch links (single-threaded calls, so a tile stays in this core's cache) and makes one
+ * pass over each tile right after: it keeps the best two per row and per column and collects the few
+ * candidates that may be among the exact best two; candidates are re-scored exactly (float64) and merged.
  *
  * Built and loaded by localfeat/native.py (plain C, no Python headers), driven by
  * localfeat/matchers/nearest_neighbor.py, which documents the method: the GEMM's values are a filter
- * with a rigorous error bound, `eps2` is twice that bound. This file only replaces the torch operations
- * of the per-block search; the exact scores, ties (lowest index) and the result are the same.
+ * with a rigorous error bound, `eps2` is twice that bound. This file replaces the torch operations of the
+ * per-block search (`_sweep`); the exact scores, ties (lowest index) and the result are the same.
  *
- * Threads: OpenMP, linked to the runtime torch already runs (native.py), so the pass runs on the same
- * threads as torch's GEMM, which are still spinning when it starts: no other threads compete for the
- * cores. Each thread has its own nn_state (its own exact best twos and candidates; the filter
- * statistics of the rows and columns are shared, see DEFINE_PASS1); lf_nn_finish merges them. The
- * merges are order independent (ties: lowest index), so the result does not depend on the number of
- * threads.
+ * Threads: OpenMP, linked to the runtime torch already runs (native.py), so the work runs on torch's own
+ * threads. Each thread owns a range of rows for the whole sweep and has its own nn_state: its rows'
+ * filter statistics, its own running statistics of every column (over its rows), its candidates and
+ * exact best twos. No thread waits for another until the end, where the columns' statistics are
+ * merged, the last candidates re-scored against the final thresholds, and the exact best twos merged.
+ * The merges are order independent (ties: lowest index), so the result does not depend on the number of
+ * threads or the tile sizes.
+ *
+ * A candidate is pushed when its filter value reaches the running threshold of its row or column (the
+ * running second best - eps2, or the best - eps2 without a ratio test). Running values only grow, so the
+ * pushed set holds every element that passes the final thresholds; the pushed candidates are filtered
+ * again by the thresholds of the moment before they are re-scored (when the buffer is full, and at the
+ * end by the final ones).
  *
  * Compiled with -ffp-contract=off: the exact re-scoring sums float64 products in a fixed pairwise order
  * that must equal nearest_neighbor.exact_similarity's bit for bit.
@@ -34,9 +42,10 @@ typedef struct {
     int64_t n0, n1, dim, width;     /* width: dim rounded up to a power of two (pairwise summation) */
     int64_t need_second;
     float eps2;
-    /* filter domain (GEMM values): best and second best seen, per row and per column (shared by the
-     * threads: a row belongs to one thread in a block; the columns are merged between barriers) */
-    float *row1, *row2, *col1, *col2;
+    /* filter domain (GEMM values): best and second best seen, per row (shared array: a row belongs to
+     * one thread) and per column (this thread's running values over its rows; after the sweep, the
+     * merged values of all threads, `col1_all`, `col2_all`, shared) */
+    float *row1, *row2, *col1, *col2, *col1_all, *col2_all;
     /* exact best two: float64 values, index of the best (ties: lowest index) */
     double *row_best, *row_second, *col_best, *col_second;
     int64_t *row_idx, *col_idx;
@@ -44,19 +53,12 @@ typedef struct {
     int64_t *row_cand, *col_cand;
     float *row_cand_v, *col_cand_v;
     int64_t capacity, n_row_cand, n_col_cand;
-    /* scratch: width doubles (pairwise sums); this thread's best two per column of a block (2 x
-     * block_cols floats); the columns' thresholds in a block (block_cols floats, shared) */
+    /* scratch: width doubles (pairwise sums); a tile of the similarity matrix (tile_rows x tile_cols
+     * floats) and its columns' thresholds (tile_cols floats) */
     double *sums;
-    float *col_block, *col_thr;
-    int64_t block_cols;
+    float *tile, *col_thr;
+    int64_t tile_rows, tile_cols;
 } nn_state;
-
-static inline float bf16_to_float(uint16_t x) {
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 static inline float maxf(float x, float y) { return x > y ? x : y; }
 static inline float minf(float x, float y) { return x < y ? x : y; }
@@ -152,8 +154,6 @@ static inline void merge_two(float *b1, float *b2, float x1, float x2) {
  * and vmin(x, y) = x < y ? x : y, lane by lane, as maxf / minf. */
 typedef float vfloat __attribute__((vector_size(4 * LANES)));
 typedef int32_t vint __attribute__((vector_size(4 * LANES)));
-typedef uint32_t vuint __attribute__((vector_size(4 * LANES)));
-typedef uint16_t vhalf __attribute__((vector_size(2 * LANES)));
 
 #if defined(__AVX512F__) && LANES == 16
 #include <immintrin.h>
@@ -167,14 +167,6 @@ static inline vfloat vmin(vfloat x, vfloat y) { vint m = x < y; return (vfloat)(
 static inline vfloat vsplat(float x) { vfloat v; for (int k = 0; k < LANES; k++) v[k] = x; return v; }
 static inline vfloat vload(const float *p) { vfloat v; memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
-static inline vfloat vload_f32(const float *p) { return vload(p); }
-static inline vfloat vload_bf16(const uint16_t *p) {
-    vhalf h;
-    memcpy(&h, p, sizeof h);
-    return (vfloat)(__builtin_convertvector(h, vuint) << 16);
-}
-static inline float load_f32(const float *p) { return *p; }
-static inline float load_bf16(const uint16_t *p) { return bf16_to_float(*p); }
 /* Whether any lane of a comparison mask is set; the lanes as bits (lane k: bit k). */
 #if defined(__AVX512F__) && LANES == 16
 static inline int vany(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
@@ -192,11 +184,13 @@ static inline int vany(vint m) {
 }
 #endif
 
-/* Pass 1 over R consecutive rows i0.. of a block (R a constant after inlining, so the running maxima
- * stay in registers): the columns' best two are loaded and stored once per R rows. */
-#define DEFINE_ROWS(NAME, T, VLOAD, LOAD, NEED2)                                                        \
-static inline __attribute__((always_inline)) void NAME(nn_state *s, const T *sim, int64_t w, int64_t i0, \
-                                                       const int R, int64_t r0, float *c1, float *c2) { \
+/* Pass 1 over R consecutive rows i0.. of a tile (R a constant after inlining, so the running maxima
+ * stay in registers): the columns' best two (c1, c2: this thread's, at the tile's first column) are
+ * loaded and stored once per R rows; each row's LANES running maxima are merged into its best two. */
+#define DEFINE_ROWS(NAME, NEED2)                                                                        \
+static inline __attribute__((always_inline)) void NAME(nn_state *s, const float *sim, int64_t w,        \
+                                                       int64_t i0, const int R, int64_t r0, float *c1,  \
+                                                       float *c2) {                                     \
     const float ninf = -__builtin_inff();                                                               \
     const int64_t wv = w / LANES * LANES;                                                               \
     vfloat m1[ROWS_AT_ONCE], m2[ROWS_AT_ONCE];                                                          \
@@ -206,7 +200,7 @@ static inline __attribute__((always_inline)) void NAME(nn_state *s, const T *sim
     for (j = 0; j < wv; j += LANES) {                                                                   \
         vfloat x1 = vload(c1 + j), x2 = NEED2 ? vload(c2 + j) : x1;                                     \
         for (r = 0; r < R; r++) {                                                                       \
-            vfloat v = VLOAD(sim + (i0 + r) * w + j);                                                   \
+            vfloat v = vload(sim + (i0 + r) * w + j);                                                   \
             if (NEED2) {                                                                                \
                 x2 = vmax(x2, vmin(x1, v));                                                             \
                 m2[r] = vmax(m2[r], vmin(m1[r], v));                                                    \
@@ -218,10 +212,10 @@ static inline __attribute__((always_inline)) void NAME(nn_state *s, const T *sim
         if (NEED2) vstore(c2 + j, x2);                                                                  \
     }                                                                                                   \
     for (r = 0; r < R; r++) {                                                                           \
-        const T *row = sim + (i0 + r) * w;                                                              \
+        const float *row = sim + (i0 + r) * w;                                                          \
         float b1 = s->row1[r0 + i0 + r], b2 = s->row2[r0 + i0 + r];                                     \
         for (j = wv; j < w; j++) {                                                                      \
-            float v = LOAD(row + j);                                                                    \
+            float v = row[j];                                                                           \
             if (NEED2) c2[j] = maxf(c2[j], minf(c1[j], v));                                             \
             c1[j] = maxf(c1[j], v);                                                                     \
             merge_two(&b1, &b2, v, ninf);                                                               \
@@ -232,32 +226,29 @@ static inline __attribute__((always_inline)) void NAME(nn_state *s, const T *sim
     }                                                                                                   \
 }
 
-/* The two passes over this thread's rows (h, w) of a block at rows r0.., columns c0..; T: float or
- * uint16_t (bf16). NEED2 (ratio test) is a compile-time constant in each instance.
+/* The two passes over a tile (h, w) at rows r0.., columns c0..; NEED2 (ratio test) is a compile-time
+ * constant in each instance.
  *
- * Pass 1 (ROWS) updates the filter-domain best two of the rows (LANES running maxima, merged at the end
- * of each row) and this thread's best two of the block's columns; the threads' are then merged into
- * the columns' running best two and thresholds (`merge_columns`). Pass 2 reads the rows again (from
- * cache) and pushes every element that passes its row's or its column's threshold t (the running
- * second best - eps2, or the best - eps2 without a ratio test): one vector compare per LANES elements
- * of ROWS_AT_ONCE rows (their maximum), scalar work only where an element passes (a few per row and
- * column). */
-#define DEFINE_PASS1(NAME, ROWS, T)                                                                     \
-static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0) {                         \
-    float *c1 = s->col_block, *c2 = s->col_block + s->block_cols;                                       \
+ * Pass 1 (ROWS) updates the best two of the tile's rows and this thread's running best two of its
+ * columns, then sets the columns' thresholds. Pass 2 reads the tile again (from this core's cache) and
+ * pushes every element that passes its row's or its column's threshold: one vector compare per LANES
+ * elements of ROWS_AT_ONCE rows (their maximum), scalar work only where an element passes. */
+#define DEFINE_PASS1(NAME, ROWS, NEED2)                                                                 \
+static void NAME(nn_state *s, const float *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {         \
+    float *c1 = s->col1 + c0, *c2 = s->col2 + c0;                                                       \
     int64_t i, j;                                                                                       \
-    for (j = 0; j < w; j++) c1[j] = c2[j] = -__builtin_inff();                                          \
     for (i = 0; i + ROWS_AT_ONCE <= h; i += ROWS_AT_ONCE) ROWS(s, sim, w, i, ROWS_AT_ONCE, r0, c1, c2); \
     for (; i < h; i++) ROWS(s, sim, w, i, 1, r0, c1, c2);                                               \
+    for (j = 0; j < w; j++) s->col_thr[j] = (NEED2 ? c2[j] : c1[j]) - s->eps2;                          \
 }
 
-#define DEFINE_PASS2(NAME, T, VLOAD, LOAD, NEED2)                                                       \
-static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {             \
+#define DEFINE_PASS2(NAME, NEED2)                                                                       \
+static void NAME(nn_state *s, const float *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {         \
     const float *thr = s->col_thr;                                                                      \
     int64_t i, j, k;                                                                                    \
     for (i = 0; i < h; i += ROWS_AT_ONCE) {  /* by groups of rows: their maximum first */               \
         const int64_t g = h - i < ROWS_AT_ONCE ? h - i : ROWS_AT_ONCE;                                  \
-        const T *rows[ROWS_AT_ONCE];                                                                    \
+        const float *rows[ROWS_AT_ONCE];                                                                \
         float t[ROWS_AT_ONCE], tmin = __builtin_inff();                                                 \
         int r;                                                                                          \
         for (r = 0; r < ROWS_AT_ONCE; r++) {   /* a short last group repeats its last row */            \
@@ -269,20 +260,20 @@ static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, in
         const vfloat vtmin = vsplat(tmin);                                                              \
         for (j = 0; j < w; j += LANES) {                                                                \
             if (j + LANES <= w) {                                                                       \
-                vfloat m = VLOAD(rows[0] + j);                                                          \
-                for (r = 1; r < ROWS_AT_ONCE; r++) m = vmax(m, VLOAD(rows[r] + j));                     \
+                vfloat m = vload(rows[0] + j);                                                          \
+                for (r = 1; r < ROWS_AT_ONCE; r++) m = vmax(m, vload(rows[r] + j));                     \
                 if (!vany((m >= vtmin) | (m >= vload(thr + j)))) continue;                              \
             }                                                                                           \
             for (r = 0; r < g; r++) {                                                                   \
                 if (j + LANES > w) {   /* the tail of the rows */                                       \
                     for (k = j; k < w; k++) {                                                           \
-                        float v = LOAD(rows[r] + k);                                                    \
+                        float v = rows[r][k];                                                           \
                         if (v >= t[r]) push_row(s, r0 + i + r, c0 + k, v);                              \
                         if (v >= thr[k]) push_col(s, r0 + i + r, c0 + k, v);                            \
                     }                                                                                   \
                     continue;                                                                           \
                 }                                                                                       \
-                vfloat v = VLOAD(rows[r] + j);                                                          \
+                vfloat v = vload(rows[r] + j);                                                          \
                 for (uint32_t m = vbits(v >= vsplat(t[r])); m; m &= m - 1)                              \
                     push_row(s, r0 + i + r, c0 + j + __builtin_ctz(m), v[__builtin_ctz(m)]);            \
                 for (uint32_t m = vbits(v >= vload(thr + j)); m; m &= m - 1)                            \
@@ -292,33 +283,13 @@ static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, in
     }                                                                                                   \
 }
 
-/* Merge the nt threads' best two of the block's columns [lo, hi) into the running best two of the
- * columns (at c0..) and set their thresholds. */
-static void merge_columns(nn_state *states, int64_t nt, int64_t lo, int64_t hi, int64_t c0) {
-    const nn_state *s = states;
-    for (int64_t j = lo; j < hi; j++) {
-        float *g1 = s->col1 + c0 + j, *g2 = s->col2 + c0 + j;
-        for (int64_t u = 0; u < nt; u++)
-            merge_two(g1, g2, states[u].col_block[j], states[u].col_block[s->block_cols + j]);
-        s->col_thr[j] = (s->need_second ? *g2 : *g1) - s->eps2;
-    }
-}
+DEFINE_ROWS(rows_best, 0)
+DEFINE_ROWS(rows_two, 1)
+DEFINE_PASS1(pass1_best, rows_best, 0)
+DEFINE_PASS1(pass1_two, rows_two, 1)
+DEFINE_PASS2(pass2_best, 0)
+DEFINE_PASS2(pass2_two, 1)
 
-DEFINE_ROWS(rows_f32_best, float, vload_f32, load_f32, 0)
-DEFINE_ROWS(rows_f32_two, float, vload_f32, load_f32, 1)
-DEFINE_ROWS(rows_bf16_best, uint16_t, vload_bf16, load_bf16, 0)
-DEFINE_ROWS(rows_bf16_two, uint16_t, vload_bf16, load_bf16, 1)
-DEFINE_PASS1(pass1_f32_best, rows_f32_best, float)
-DEFINE_PASS1(pass1_f32_two, rows_f32_two, float)
-DEFINE_PASS1(pass1_bf16_best, rows_bf16_best, uint16_t)
-DEFINE_PASS1(pass1_bf16_two, rows_bf16_two, uint16_t)
-DEFINE_PASS2(pass2_f32_best, float, vload_f32, load_f32, 0)
-DEFINE_PASS2(pass2_f32_two, float, vload_f32, load_f32, 1)
-DEFINE_PASS2(pass2_bf16_best, uint16_t, vload_bf16, load_bf16, 0)
-DEFINE_PASS2(pass2_bf16_two, uint16_t, vload_bf16, load_bf16, 1)
-
-/* Entry points. states: nthreads per-thread states; sim (h, w) row-major, float32 or bfloat16 bits,
- * the block at rows r0.., columns c0..; its rows are split between the threads. */
 static inline int thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -335,39 +306,99 @@ static inline int thread_count(void) {
 #endif
 }
 
-/* One block: each thread takes a share of the rows; two barriers, around the merge of the columns. */
-#define DEFINE_ENTRY(NAME, T, P1_BEST, P1_TWO, P2_BEST, P2_TWO)                                         \
-void NAME(nn_state *states, int64_t nthreads, const T *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) { \
-    _Pragma("omp parallel num_threads(nthreads)")                                                       \
-    {                                                                                                   \
-        int64_t t = thread_id(), nt = thread_count(), lo = h * t / nt, hi = h * (t + 1) / nt;           \
-        nn_state *s = states + t;                                                                       \
-        if (s->need_second) P1_TWO(s, sim + lo * w, hi - lo, w, r0 + lo);                               \
-        else P1_BEST(s, sim + lo * w, hi - lo, w, r0 + lo);                                             \
-        _Pragma("omp barrier")                                                                          \
-        merge_columns(states, nt, w * t / nt, w * (t + 1) / nt, c0);                                    \
-        _Pragma("omp barrier")                                                                          \
-        if (s->need_second) P2_TWO(s, sim + lo * w, hi - lo, w, r0 + lo, c0);                           \
-        else P2_BEST(s, sim + lo * w, hi - lo, w, r0 + lo, c0);                                         \
-    }                                                                                                   \
+/* The Fortran BLAS interface of sgemm_ (column major, 32-bit integers). */
+typedef void (*sgemm_fn)(const char *transa, const char *transb, const int32_t *m, const int32_t *n,
+                         const int32_t *k, const float *alpha, const float *a, const int32_t *lda,
+                         const float *b, const int32_t *ldb, const float *beta, float *c, const int32_t *ldc);
+
+/* tile (h, w) row major = a_rows (h, dim) . b_cols (w, dim)^T: in column-major terms, the (w, h) matrix
+ * b_cols^T-as-stored times a_rows-as-stored. */
+static void gemm_tile(sgemm_fn gemm, const float *a_rows, const float *b_cols, int64_t h, int64_t w, int64_t dim,
+                      float *tile) {
+    const int32_t m = (int32_t)w, n = (int32_t)h, k = (int32_t)dim;
+    const float one = 1.0f, zero = 0.0f;
+    gemm("T", "N", &m, &n, &k, &one, b_cols, &k, a_rows, &k, &zero, tile, &m);
 }
 
-DEFINE_ENTRY(lf_nn_block_f32, float, pass1_f32_best, pass1_f32_two, pass2_f32_best, pass2_f32_two)
-DEFINE_ENTRY(lf_nn_block_bf16, uint16_t, pass1_bf16_best, pass1_bf16_two, pass2_bf16_best, pass2_bf16_two)
+/* Both passes over a tile (h, w) of this thread at rows r0.., columns c0... */
+static void tile_passes(nn_state *s, const float *tile, int64_t h, int64_t w, int64_t r0, int64_t c0) {
+    if (s->need_second) {
+        pass1_two(s, tile, h, w, r0, c0);
+        pass2_two(s, tile, h, w, r0, c0);
+    } else {
+        pass1_best(s, tile, h, w, r0, c0);
+        pass2_best(s, tile, h, w, r0, c0);
+    }
+}
 
-/* Re-score every thread's last candidates, then merge the threads' exact best twos into states[0]. */
+/* The whole sweep with float32 descriptors. states: nthreads per-thread states (lf_nn_init); gemm: the
+ * address of sgemm_. Thread t takes rows [n0 t / nt, n0 (t + 1) / nt) and sweeps them tile by tile
+ * (columns outer, so a block of tile_cols columns of b stays in cache while its rows go by); the GEMM
+ * calls run on one thread each (called inside a parallel region, MKL does not start threads of its
+ * own). lf_nn_finish completes the search. */
+void lf_nn_sweep(nn_state *states, int64_t nthreads, void *gemm) {
+    _Pragma("omp parallel num_threads(nthreads)")
+    {
+        int64_t t = thread_id(), nt = thread_count();
+        nn_state *s = states + t;
+        const int64_t dim = s->dim, lo = s->n0 * t / nt, hi = s->n0 * (t + 1) / nt;
+        for (int64_t cs = 0; cs < s->n1; cs += s->tile_cols) {
+            const int64_t w = s->n1 - cs < s->tile_cols ? s->n1 - cs : s->tile_cols;
+            for (int64_t rs = lo; rs < hi; rs += s->tile_rows) {
+                const int64_t h = hi - rs < s->tile_rows ? hi - rs : s->tile_rows;
+                gemm_tile((sgemm_fn)gemm, s->a + rs * dim, s->b + cs * dim, h, w, dim, s->tile);
+                tile_passes(s, s->tile, h, w, rs, cs);
+            }
+        }
+    }
+}
+
+/* One block (h, w) of bfloat16 similarities (the bits, row major; torch's bf16 GEMM) at rows r0..,
+ * columns c0..: each thread takes a share of its rows and converts them, tile_rows at a time, into its
+ * float32 tile (w <= tile_cols) for the passes. No barrier: the columns' statistics are per thread. */
+void lf_nn_block_bf16(nn_state *states, int64_t nthreads, const uint16_t *sim, int64_t h, int64_t w, int64_t r0,
+                      int64_t c0) {
+    _Pragma("omp parallel num_threads(nthreads)")
+    {
+        int64_t t = thread_id(), nt = thread_count();
+        nn_state *s = states + t;
+        const int64_t lo = h * t / nt, hi = h * (t + 1) / nt;
+        for (int64_t rs = lo; rs < hi; rs += s->tile_rows) {
+            const int64_t th = hi - rs < s->tile_rows ? hi - rs : s->tile_rows;
+            const uint16_t *src = sim + rs * w;
+            uint32_t *dst = (uint32_t *)s->tile;
+            for (int64_t k = 0; k < th * w; k++) dst[k] = (uint32_t)src[k] << 16;   /* exact */
+            tile_passes(s, s->tile, th, w, r0 + rs, c0);
+        }
+    }
+}
+
+/* After the sweep: the threads' column statistics merged (final thresholds), each thread's last
+ * candidates re-scored against them, the exact best twos merged into states[0]. */
 void lf_nn_finish(nn_state *states, int64_t nthreads) {
-    int64_t t, k;
-    #pragma omp parallel for num_threads(nthreads)
-    for (t = 0; t < nthreads; t++) flush(states + t);
-    for (t = 1; t < nthreads; t++) {
+    _Pragma("omp parallel num_threads(nthreads)")
+    {
+        int64_t t = thread_id(), nt = thread_count();
+        nn_state *s = states + t;
+        for (int64_t j = s->n1 * t / nt; j < s->n1 * (t + 1) / nt; j++) {   /* the columns, split */
+            float b1 = -__builtin_inff(), b2 = -__builtin_inff();
+            for (int64_t u = 0; u < nthreads; u++) merge_two(&b1, &b2, states[u].col1[j], states[u].col2[j]);
+            s->col1_all[j] = b1;
+            s->col2_all[j] = b2;
+        }
+        _Pragma("omp barrier")
+        s->col1 = s->col1_all;   /* the last candidates meet the final thresholds */
+        s->col2 = s->col2_all;
+        flush(s);
+    }
+    for (int64_t t = 1; t < nthreads; t++) {
         const nn_state *o = states + t;
         nn_state *s = states;
-        for (k = 0; k < s->n0; k++)
+        for (int64_t k = 0; k < s->n0; k++)
             if (o->row_best[k] > -__builtin_inf())
                 merge_best_two(s->row_best + k, s->row_second + k, s->row_idx + k, o->row_best[k],
                                o->row_second[k], o->row_idx[k]);
-        for (k = 0; k < s->n1; k++)
+        for (int64_t k = 0; k < s->n1; k++)
             if (o->col_best[k] > -__builtin_inf())
                 merge_best_two(s->col_best + k, s->col_second + k, s->col_idx + k, o->col_best[k],
                                o->col_second[k], o->col_idx[k]);
@@ -375,15 +406,15 @@ void lf_nn_finish(nn_state *states, int64_t nthreads) {
 }
 
 /* Set every statistic to -inf and every index to 0, for each of the nthreads states (the shared row
- * and column statistics through the first). */
+ * statistics through the first). */
 void lf_nn_init(nn_state *states, int64_t nthreads) {
     const float finf = -__builtin_inff();
     const double dinf = -__builtin_inf();
     int64_t t, k;
     for (k = 0; k < states->n0; k++) states->row1[k] = states->row2[k] = finf;
-    for (k = 0; k < states->n1; k++) states->col1[k] = states->col2[k] = finf;
     for (t = 0; t < nthreads; t++) {
         nn_state *s = states + t;
+        for (k = 0; k < s->n1; k++) s->col1[k] = s->col2[k] = finf;
         for (k = 0; k < s->n0; k++) { s->row_best[k] = s->row_second[k] = dinf; s->row_idx[k] = 0; }
         for (k = 0; k < s->n1; k++) { s->col_best[k] = s->col_second[k] = dinf; s->col_idx[k] = 0; }
         s->n_row_cand = s->n_col_cand = 0;

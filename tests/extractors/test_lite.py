@@ -99,7 +99,7 @@ def test_training_round_trip_and_preset_runs(tmp_path):
     x = torch.rand(1, 1, 64, 96)
     with torch.no_grad():
         a, b = ex.net(x), net(x)       # the extractor's BatchNorm is folded: equal up to float rounding
-    for folded, plain in zip(a, b):
+    for folded, plain in zip(_flat(a), _flat(b)):
         assert torch.allclose(folded, plain, atol=1e-5, rtol=1e-4)
     trained = torch.load(weights, weights_only=True)["lite"]
     fresh = lite.LiteNet().state_dict()
@@ -108,39 +108,51 @@ def test_training_round_trip_and_preset_runs(tmp_path):
     assert (REPO / "localfeat" / "train" / "presets" / "lite.yaml").is_file()
 
 
-def test_describe_equals_the_dense_training_map_and_folding_keeps_outputs():
-    """The extractor's descriptors (f4 sampled, then desc4) are the training map's values at those pixels
-    (desc4 is linear; both sample border-clamped bilinear), and BatchNorm folding changes only rounding."""
+@pytest.mark.parametrize("fine", [False, True])
+def test_describe_equals_the_dense_training_map_and_folding_keeps_outputs(fine):
+    """The extractor's descriptors (f4 sampled, then desc4; with the fine layer, f2 sampled at 9 taps, then
+    fine2's weights) are the training map's values at those pixels (both layers are linear; both sample
+    border-clamped bilinear), also at the borders, where the 3x3 layer reads its zero padding; BatchNorm
+    folding changes only rounding."""
     torch.manual_seed(0)
-    net = lite.LiteNet().train()
+    net = lite.LiteNet(fine=fine).train()
+    if fine:
+        with torch.no_grad():
+            net.fine2.weight.normal_(std=0.3)                 # as if trained (it starts at zero)
+            net.fine2.bias.normal_(std=0.3)
     with torch.no_grad():
         for _ in range(2):                       # non-trivial BatchNorm statistics
             net(torch.rand(2, 1, 64, 96))
     net.eval()
     x = torch.rand(1, 1, 64, 96)
     with torch.no_grad():
-        scores, f4, g8 = net(x)
-        dense = net.dense_descriptors(f4, g8)                            # (1, 64, 64, 96)
-        xy = torch.tensor([[[0.0, 0.0], [5.0, 7.0], [95.0, 63.0], [40.0, 33.0]]])
-        desc = net.describe(f4, g8, xy)[0]                               # (4, 64)
+        scores, maps = net(x)
+        f2, f4, g8 = maps
+        dense = net.dense_descriptors(maps)                              # (1, 64, 64, 96)
+        xy = torch.tensor([[[0.0, 0.0], [5.0, 7.0], [95.0, 63.0], [40.0, 33.0], [1.0, 62.0], [94.0, 2.0]]])
+        desc = net.describe(maps, xy)[0]                                 # (6, 64)
         expected = dense[0, :, xy[0, :, 1].long(), xy[0, :, 0].long()].T
         assert scores.shape == (1, 1, 64, 96) and f4.shape == (1, 32, 16, 24) and g8.shape == (1, 64, 8, 12)
-        assert torch.allclose(desc, expected, atol=1e-6)
-        assert torch.allclose(desc.norm(dim=-1), torch.ones(4), atol=1e-6)
-        # Sub-pixel: bilinear is linear between map-pixel centres (stride 4: ..37.5, 41.5; stride 8: ..35.5, 43.5
-        # in x, 33.5, 37.5 and 27.5, 35.5 in y), so at (40.5, 34.5) it is the mean of the four pixels around it.
-        mid = net.describe(f4, g8, torch.tensor([[[40.5, 34.5]]]))[0, 0]
+        assert f2.shape == (1, 8, 32, 48)
+        assert torch.allclose(desc, expected, atol=1e-5)
+        assert torch.allclose(desc.norm(dim=-1), torch.ones(6), atol=1e-6)
+        # Sub-pixel: bilinear is linear between map-pixel centres (x: stride 2 38.5, 40.5; stride 4 37.5, 41.5;
+        # stride 8 35.5, 43.5; y: 30.5, 32.5; 29.5, 33.5; 27.5, 35.5), so at (39.5, 31.5) it is the mean of
+        # the four pixels around it.
+        mid = net.describe(maps, torch.tensor([[[39.5, 31.5]]]))[0, 0]
         raw = F.interpolate(net.desc4(f4), size=(64, 96), mode="bilinear", align_corners=False) + \
             F.interpolate(g8, size=(64, 96), mode="bilinear", align_corners=False)
-        avg = raw[0, :, 34:36, 40:42].mean(dim=(1, 2))
+        if fine:
+            raw = raw + F.interpolate(net.fine2(f2), size=(64, 96), mode="bilinear", align_corners=False)
+        avg = raw[0, :, 31:33, 39:41].mean(dim=(1, 2))
         assert torch.allclose(mid, avg / avg.norm(), atol=1e-5)
         folded = copy.deepcopy(net).fold_batchnorm()
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-        for a, b in zip(folded(x), net(x)):
+        for a, b in zip(_flat(folded(x)), _flat(net(x))):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
         # channels-last activations (what the extractor runs): the same outputs up to rounding
         last = copy.deepcopy(folded).to(memory_format=torch.channels_last)
-        for a, b in zip(last(x.contiguous(memory_format=torch.channels_last)), net(x)):
+        for a, b in zip(_flat(last(x.contiguous(memory_format=torch.channels_last))), _flat(net(x))):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -161,32 +173,43 @@ def test_weights_errors_name_the_file(tmp_path):
         load_extractor("lite", weights=str(tmp_path / "nope.pt"))
 
 
-def test_context_layer_starts_at_zero_round_trips_and_is_checked(tmp_path):
-    """`model.context: true` adds the 1/8 context layer at zero to weights that lack it (the same outputs
-    as before), the saved weights load back with it, weights that hold it refuse `context: false`, and
-    `context` left out follows the weights (the shipped ones hold it)."""
+def _flat(out) -> list:
+    """LiteNet's (scores, (f2, f4, g8)) as a flat list of tensors."""
+    return [out[0], *out[1]]
+
+
+@pytest.mark.parametrize("key, attr", [("context", "context8"), ("fine", "fine2")])
+def test_optional_layers_start_at_zero_round_trip_and_are_checked(tmp_path, key, attr):
+    """`model.context: true` (the 1/8 context layer) and `model.fine: true` (the 1/2 layer) add the layer at
+    zero to weights that lack it (the same outputs as before), the saved weights load back with it, weights
+    that hold it refuse `false`, and the key left out follows the weights."""
     base = tmp_path / "plain.pt"
     torch.manual_seed(0)
     lite.train_save(lite.LiteNet(), {}, base)
-    grown = lite.train_build({"dim": 64, "weights": str(base), "context": True}).eval()
-    plain = lite.train_build({"dim": 64, "weights": str(base), "context": None}).eval()
-    assert plain.context8 is None and grown.context8 is not None
-    assert not grown.context8.weight.any() and not grown.context8.bias.any()
+    grown = lite.train_build({"dim": 64, "weights": str(base), key: True}).eval()
+    plain = lite.train_build({"dim": 64, "weights": str(base), key: None}).eval()
+    assert getattr(plain, attr) is None and getattr(grown, attr) is not None
+    assert not getattr(grown, attr).weight.any() and not getattr(grown, attr).bias.any()
     x = torch.rand(1, 1, 64, 96)
+    xy = torch.tensor([[[3.0, 4.0], [50.5, 20.25], [90.0, 60.0]]])
     with torch.no_grad():
-        for a, b in zip(grown(x), plain(x)):
+        for a, b in zip(_flat(grown(x)), _flat(plain(x))):
             assert torch.equal(a, b)
-        grown.context8.weight.normal_(std=0.1)                    # as if trained
-        path = tmp_path / "context.pt"
+        assert torch.equal(grown.describe(grown(x)[1], xy), plain.describe(plain(x)[1], xy))
+        getattr(grown, attr).weight.normal_(std=0.1)                 # as if trained
+        path = tmp_path / f"{key}.pt"
         lite.train_save(grown, {}, path)
         net, _ = lite.load_net(path)
-        assert net.context8 is not None
-        for a, b in zip(net(x), grown(x)):
+        assert getattr(net, attr) is not None
+        for a, b in zip(_flat(net(x)), _flat(grown(x))):
             assert torch.equal(a, b)
-        assert not torch.equal(net(x)[2], plain(x)[2])            # the layer changes the coarse descriptors
+        assert not torch.allclose(net.describe(net(x)[1], xy), plain.describe(plain(x)[1], xy), atol=1e-3)
     ex = load_extractor("lite", weights=str(path), resize_max=None, max_keypoints=20)
-    assert ex.net.context8 is not None
-    with pytest.raises(ConfigError, match="hold the context layer; set model.context: true"):
-        lite.train_build({"dim": 64, "weights": str(path), "context": False})
-    assert lite.train_build({"dim": 64, "weights": "packaged", "context": None}).context8 is not None  # shipped
-    assert lite.train_build({"dim": 64, "weights": None, "context": None}).context8 is None
+    assert getattr(ex.net, attr) is not None
+    with pytest.raises(ConfigError, match=f"hold the {key} layer \\({attr}\\); set model.{key}: true"):
+        lite.train_build({"dim": 64, "weights": str(path), key: False})
+    assert getattr(lite.train_build({"dim": 64, "weights": None, key: None}), attr) is None
+
+
+def test_the_shipped_weights_hold_the_context_layer():
+    assert lite.train_build({"dim": 64, "weights": "packaged", "context": None}).context8 is not None
