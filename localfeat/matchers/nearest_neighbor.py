@@ -368,7 +368,7 @@ class _NativeState(ctypes.Structure):
                                                   "row_best", "row_second", "col_best", "col_second", "row_idx",
                                                   "col_idx", "row_cand", "col_cand", "row_cand_v", "col_cand_v")]
                 + [(n, ctypes.c_int64) for n in ("capacity", "n_row_cand", "n_col_cand")]
-                + [(n, ctypes.c_void_p) for n in ("sums", "tile", "col_thr")]
+                + [(n, ctypes.c_void_p) for n in ("sums", "tile", "col_thr", "col_block", "col_thr_all")]
                 + [(n, ctypes.c_int64) for n in ("tile_rows", "tile_cols")])
 
 
@@ -391,8 +391,8 @@ def _load_native_kernel() -> Optional[ctypes.CDLL]:
     lib.lf_nn_sweep.restype = ctypes.c_int64
     lib.lf_nn_block_bf16.argtypes = [states, ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 4
     lib.lf_nn_block_bf16.restype = None
-    for name in ("lf_nn_init", "lf_nn_finish"):
-        getattr(lib, name).argtypes, getattr(lib, name).restype = [states, ctypes.c_int64], None
+    lib.lf_nn_init.argtypes, lib.lf_nn_init.restype = [states, ctypes.c_int64, ctypes.c_int64], None
+    lib.lf_nn_finish.argtypes, lib.lf_nn_finish.restype = [states, ctypes.c_int64], None
     lib.lf_nn_openmp.restype = ctypes.c_int64
     lib.lf_max_sq_norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     lib.lf_max_sq_norm.restype = ctypes.c_double
@@ -417,8 +417,11 @@ def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, tile_
     single-threaded GEMM call per tile writes it into this thread's buffer, still in this core's cache when the pass over it keeps the best two per row and column
     and collects the candidates. No Python and no synchronisation between tiles.
     bfloat16 filter: torch's bf16 GEMM (oneDNN: AVX-512 BF16 or AMX where the CPU has them; MKL's bf16
-    GEMM runs 3x slower than its sgemm on an AMD EPYC) writes blocks of block_rows x tile_cols, and one C
-    call per block (`lf_nn_block_bf16`) runs the same passes over them, tile_rows at a time.
+    GEMM ran 3x slower than its sgemm on an AMD EPYC) writes blocks of block_rows x tile_cols, and one C
+    call per block (`lf_nn_block_bf16`) reads the bf16 values: the threads share the block's rows and merge
+    its columns' statistics between two barriers (the bf16 error bound is wide: thresholds from all rows
+    push fewer candidates than each thread's own; measured 0.77-0.82 against 0.92-0.94 of the fp32 GEMM
+    with the ratio test at 2k).
     Then `lf_nn_finish` re-scores the last candidates (exactly, in C) and merges the threads' results.
     Returns (rows, cols) `_BestTwo`, the same values as `_sweep`."""
     n0, n1, dim = len(a), len(b), a.shape[1]
@@ -427,21 +430,24 @@ def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, tile_
     cap = _NATIVE_CAPACITY
     width = 1 << max(0, (dim - 1).bit_length())
     # Three workspaces (few Python objects), carved below. float32: row statistics (2 n0), the merged
-    # column statistics (2 n1); per thread its column statistics (2 n1), candidate values (2 cap), a
-    # tile and its columns' thresholds; float64: exact best twos per thread (2 n0 + 2 n1) and pairwise
-    # sums (width); int64: per thread indices of the best (n0 + n1) and candidates (4 cap).
-    shared = 2 * n0 + 2 * n1
-    f32_each = 2 * n1 + 2 * cap + tile_rows * tile_cols + tile_cols + 16
+    # column statistics (2 n1) and a bf16 block's column thresholds (tile_cols); per thread its column
+    # statistics (2 n1), candidate values (2 cap), a tile, its columns' thresholds (tile_cols) and its best
+    # two of a bf16 block's columns (2 tile_cols); float64: exact best twos per thread (2 n0 + 2 n1) and
+    # pairwise sums (width); int64: per thread indices of the best (n0 + n1) and candidates (4 cap).
+    shared = 2 * n0 + 2 * n1 + tile_cols
+    f32_each = 2 * n1 + 2 * cap + tile_rows * tile_cols + 3 * tile_cols + 16
     f64_each, i64_each = 2 * n0 + 2 * n1 + width, n0 + n1 + 4 * cap
     f32 = torch.empty(shared + threads * f32_each)
     f64 = torch.empty(threads * f64_each, dtype=torch.float64)
     i64 = torch.empty(threads * i64_each, dtype=torch.long)
     base = f32.data_ptr()
     rows1, rows2, cols1_all, cols2_all = base, base + 4 * n0, base + 8 * n0, base + 8 * n0 + 4 * n1
+    col_thr_all = base + 8 * (n0 + n1)
     states = (_NativeState * threads)()
     for t in range(threads):
         f = base + 4 * (shared + t * f32_each)
         tile = (f + 4 * (2 * n1 + 2 * cap) + 63) // 64 * 64          # a tile starts on a cache line
+        col_thr = tile + 4 * tile_rows * tile_cols
         d = f64.data_ptr() + 8 * t * f64_each
         i = i64.data_ptr() + 8 * t * i64_each
         states[t] = _NativeState(
@@ -449,8 +455,9 @@ def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, tile_
             rows1, rows2, f, f + 4 * n1, cols1_all, cols2_all,
             d, d + 8 * n0, d + 16 * n0, d + 16 * n0 + 8 * n1, i, i + 8 * n0,
             i + 8 * (n0 + n1), i + 8 * (n0 + n1 + 2 * cap), f + 8 * n1, f + 8 * n1 + 4 * cap,
-            cap, 0, 0, d + 16 * (n0 + n1), tile, tile + 4 * tile_rows * tile_cols, tile_rows, tile_cols)
-    lib.lf_nn_init(states, threads)
+            cap, 0, 0, d + 16 * (n0 + n1), tile, col_thr, col_thr + 4 * tile_cols, col_thr_all,
+            tile_rows, tile_cols)
+    lib.lf_nn_init(states, threads, int(a_low.dtype != torch.float32))
     if a_low.dtype == torch.float32:
         if lib.lf_nn_sweep(states, threads, *(blas_symbol(name) for name in _PACKED_GEMM)) != 0:
             raise MemoryError("nearest_neighbor: no memory for the packed GEMM blocks")
@@ -503,10 +510,10 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
     parts = 1 if native is not None or dev.type != "cpu" else max(1, min(threads, n0 // _MIN_ROWS_PER_THREAD))
     if native is not None:
         tile_rows, tile_cols = choose_tiles(n0, n1, a.shape[1], threads)
-        if precision == "bf16":   # torch's GEMM writes blocks of the C pass's tiles (block_rows: ~ the L3)
+        if precision == "bf16":   # torch's GEMM writes blocks (block_rows: ~ the L3) that the C passes read
             tile_cols = block_cols or choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)[1]
             block_rows = block_rows or choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)[0]
-            tile_rows = min(tile_rows, block_rows)
+            tile_rows = 4      # no float32 tile
         else:
             tile_rows, tile_cols = block_rows or tile_rows, block_cols or tile_cols
         rows, cols = _sweep_native(native, a, b, a_low, b_low, eps2, need_second, tile_rows, tile_cols, threads,

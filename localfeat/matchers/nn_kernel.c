@@ -55,11 +55,19 @@ typedef struct {
     float *row_cand_v, *col_cand_v;
     int64_t capacity, n_row_cand, n_col_cand;
     /* scratch: width doubles (pairwise sums); a tile of the similarity matrix (tile_rows x tile_cols
-     * floats) and its columns' thresholds (tile_cols floats) */
+     * floats) and its columns' thresholds (tile_cols floats); bf16 blocks: this thread's best two of a
+     * block's columns (2 x tile_cols floats) and the block's column thresholds (tile_cols, shared) */
     double *sums;
-    float *tile, *col_thr;
+    float *tile, *col_thr, *col_block, *col_thr_all;
     int64_t tile_rows, tile_cols;
 } nn_state;
+
+static inline float bf16_to_float(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 static inline float maxf(float x, float y) { return x > y ? x : y; }
 static inline float minf(float x, float y) { return x < y ? x : y; }
@@ -155,6 +163,8 @@ static inline void merge_two(float *b1, float *b2, float x1, float x2) {
  * and vmin(x, y) = x < y ? x : y, lane by lane, as maxf / minf. */
 typedef float vfloat __attribute__((vector_size(4 * LANES)));
 typedef int32_t vint __attribute__((vector_size(4 * LANES)));
+typedef uint32_t vuint __attribute__((vector_size(4 * LANES)));
+typedef uint16_t vhalf __attribute__((vector_size(2 * LANES)));
 
 #if defined(__AVX512F__) && LANES == 16
 #include <immintrin.h>
@@ -168,6 +178,13 @@ static inline vfloat vmin(vfloat x, vfloat y) { vint m = x < y; return (vfloat)(
 static inline vfloat vsplat(float x) { vfloat v; for (int k = 0; k < LANES; k++) v[k] = x; return v; }
 static inline vfloat vload(const float *p) { vfloat v; memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
+static inline vfloat vload_bf16(const uint16_t *p) {
+    vhalf h;
+    memcpy(&h, p, sizeof h);
+    return (vfloat)(__builtin_convertvector(h, vuint) << 16);
+}
+static inline float load_f32(const float *p) { return *p; }
+static inline float load_bf16(const uint16_t *p) { return bf16_to_float(*p); }
 /* Whether any lane of a comparison mask is set; the lanes as bits (lane k: bit k). */
 #if defined(__AVX512F__) && LANES == 16
 static inline int vany(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
@@ -188,8 +205,8 @@ static inline int vany(vint m) {
 /* Pass 1 over R consecutive rows i0.. of a tile (R a constant after inlining, so the running maxima
  * stay in registers): the columns' best two (c1, c2: this thread's, at the tile's first column) are
  * loaded and stored once per R rows; each row's LANES running maxima are merged into its best two. */
-#define DEFINE_ROWS(NAME, NEED2)                                                                        \
-static inline __attribute__((always_inline)) void NAME(nn_state *s, const float *sim, int64_t w,        \
+#define DEFINE_ROWS(NAME, T, VLOAD, LOAD, NEED2)                                                        \
+static inline __attribute__((always_inline)) void NAME(nn_state *s, const T *sim, int64_t w,            \
                                                        int64_t i0, const int R, int64_t r0, float *c1,  \
                                                        float *c2) {                                     \
     const float ninf = -__builtin_inff();                                                               \
@@ -201,7 +218,7 @@ static inline __attribute__((always_inline)) void NAME(nn_state *s, const float 
     for (j = 0; j < wv; j += LANES) {                                                                   \
         vfloat x1 = vload(c1 + j), x2 = NEED2 ? vload(c2 + j) : x1;                                     \
         for (r = 0; r < R; r++) {                                                                       \
-            vfloat v = vload(sim + (i0 + r) * w + j);                                                   \
+            vfloat v = VLOAD(sim + (i0 + r) * w + j);                                                   \
             if (NEED2) {                                                                                \
                 x2 = vmax(x2, vmin(x1, v));                                                             \
                 m2[r] = vmax(m2[r], vmin(m1[r], v));                                                    \
@@ -213,10 +230,10 @@ static inline __attribute__((always_inline)) void NAME(nn_state *s, const float 
         if (NEED2) vstore(c2 + j, x2);                                                                  \
     }                                                                                                   \
     for (r = 0; r < R; r++) {                                                                           \
-        const float *row = sim + (i0 + r) * w;                                                          \
+        const T *row = sim + (i0 + r) * w;                                                              \
         float b1 = s->row1[r0 + i0 + r], b2 = s->row2[r0 + i0 + r];                                     \
         for (j = wv; j < w; j++) {                                                                      \
-            float v = row[j];                                                                           \
+            float v = LOAD(row + j);                                                                    \
             if (NEED2) c2[j] = maxf(c2[j], minf(c1[j], v));                                             \
             c1[j] = maxf(c1[j], v);                                                                     \
             merge_two(&b1, &b2, v, ninf);                                                               \
@@ -234,8 +251,8 @@ static inline __attribute__((always_inline)) void NAME(nn_state *s, const float 
  * columns, then sets the columns' thresholds. Pass 2 reads the tile again (from this core's cache) and
  * pushes every element that passes its row's or its column's threshold: one vector compare per LANES
  * elements of ROWS_AT_ONCE rows (their maximum), scalar work only where an element passes. */
-#define DEFINE_PASS1(NAME, ROWS, NEED2)                                                                 \
-static void NAME(nn_state *s, const float *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {         \
+#define DEFINE_PASS1(NAME, ROWS, T, NEED2)                                                              \
+static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {             \
     float *c1 = s->col1 + c0, *c2 = s->col2 + c0;                                                       \
     int64_t i, j;                                                                                       \
     for (i = 0; i + ROWS_AT_ONCE <= h; i += ROWS_AT_ONCE) ROWS(s, sim, w, i, ROWS_AT_ONCE, r0, c1, c2); \
@@ -243,13 +260,24 @@ static void NAME(nn_state *s, const float *sim, int64_t h, int64_t w, int64_t r0
     for (j = 0; j < w; j++) s->col_thr[j] = (NEED2 ? c2[j] : c1[j]) - s->eps2;                          \
 }
 
-#define DEFINE_PASS2(NAME, NEED2)                                                                       \
-static void NAME(nn_state *s, const float *sim, int64_t h, int64_t w, int64_t r0, int64_t c0) {         \
-    const float *thr = s->col_thr;                                                                      \
+/* The same over this thread's rows of a bf16 block, into its best two of the block's columns only
+ * (col_block); `merge_block_columns` merges the threads' into the shared running values and thresholds. */
+#define DEFINE_PASS1_BLOCK(NAME, ROWS, T)                                                               \
+static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0) {                         \
+    float *c1 = s->col_block, *c2 = s->col_block + s->tile_cols;                                        \
+    int64_t i, j;                                                                                       \
+    for (j = 0; j < w; j++) c1[j] = c2[j] = -__builtin_inff();                                          \
+    for (i = 0; i + ROWS_AT_ONCE <= h; i += ROWS_AT_ONCE) ROWS(s, sim, w, i, ROWS_AT_ONCE, r0, c1, c2); \
+    for (; i < h; i++) ROWS(s, sim, w, i, 1, r0, c1, c2);                                               \
+}
+
+#define DEFINE_PASS2(NAME, T, VLOAD, LOAD, NEED2)                                                       \
+static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, int64_t c0,               \
+                 const float *thr) {                                                                    \
     int64_t i, j, k;                                                                                    \
     for (i = 0; i < h; i += ROWS_AT_ONCE) {  /* by groups of rows: their maximum first */               \
         const int64_t g = h - i < ROWS_AT_ONCE ? h - i : ROWS_AT_ONCE;                                  \
-        const float *rows[ROWS_AT_ONCE];                                                                \
+        const T *rows[ROWS_AT_ONCE];                                                                    \
         float t[ROWS_AT_ONCE], tmin = __builtin_inff();                                                 \
         int r;                                                                                          \
         for (r = 0; r < ROWS_AT_ONCE; r++) {   /* a short last group repeats its last row */            \
@@ -261,20 +289,20 @@ static void NAME(nn_state *s, const float *sim, int64_t h, int64_t w, int64_t r0
         const vfloat vtmin = vsplat(tmin);                                                              \
         for (j = 0; j < w; j += LANES) {                                                                \
             if (j + LANES <= w) {                                                                       \
-                vfloat m = vload(rows[0] + j);                                                          \
-                for (r = 1; r < ROWS_AT_ONCE; r++) m = vmax(m, vload(rows[r] + j));                     \
+                vfloat m = VLOAD(rows[0] + j);                                                          \
+                for (r = 1; r < ROWS_AT_ONCE; r++) m = vmax(m, VLOAD(rows[r] + j));                     \
                 if (!vany((m >= vtmin) | (m >= vload(thr + j)))) continue;                              \
             }                                                                                           \
             for (r = 0; r < g; r++) {                                                                   \
                 if (j + LANES > w) {   /* the tail of the rows */                                       \
                     for (k = j; k < w; k++) {                                                           \
-                        float v = rows[r][k];                                                           \
+                        float v = LOAD(rows[r] + k);                                                    \
                         if (v >= t[r]) push_row(s, r0 + i + r, c0 + k, v);                              \
                         if (v >= thr[k]) push_col(s, r0 + i + r, c0 + k, v);                            \
                     }                                                                                   \
                     continue;                                                                           \
                 }                                                                                       \
-                vfloat v = vload(rows[r] + j);                                                          \
+                vfloat v = VLOAD(rows[r] + j);                                                          \
                 for (uint32_t m = vbits(v >= vsplat(t[r])); m; m &= m - 1)                              \
                     push_row(s, r0 + i + r, c0 + j + __builtin_ctz(m), v[__builtin_ctz(m)]);            \
                 for (uint32_t m = vbits(v >= vload(thr + j)); m; m &= m - 1)                            \
@@ -284,12 +312,18 @@ static void NAME(nn_state *s, const float *sim, int64_t h, int64_t w, int64_t r0
     }                                                                                                   \
 }
 
-DEFINE_ROWS(rows_best, 0)
-DEFINE_ROWS(rows_two, 1)
-DEFINE_PASS1(pass1_best, rows_best, 0)
-DEFINE_PASS1(pass1_two, rows_two, 1)
-DEFINE_PASS2(pass2_best, 0)
-DEFINE_PASS2(pass2_two, 1)
+DEFINE_ROWS(rows_best, float, vload, load_f32, 0)
+DEFINE_ROWS(rows_two, float, vload, load_f32, 1)
+DEFINE_ROWS(rows_bf16_best, uint16_t, vload_bf16, load_bf16, 0)
+DEFINE_ROWS(rows_bf16_two, uint16_t, vload_bf16, load_bf16, 1)
+DEFINE_PASS1(pass1_best, rows_best, float, 0)
+DEFINE_PASS1(pass1_two, rows_two, float, 1)
+DEFINE_PASS1_BLOCK(pass1_bf16_best, rows_bf16_best, uint16_t)
+DEFINE_PASS1_BLOCK(pass1_bf16_two, rows_bf16_two, uint16_t)
+DEFINE_PASS2(pass2_best, float, vload, load_f32, 0)
+DEFINE_PASS2(pass2_two, float, vload, load_f32, 1)
+DEFINE_PASS2(pass2_bf16_best, uint16_t, vload_bf16, load_bf16, 0)
+DEFINE_PASS2(pass2_bf16_two, uint16_t, vload_bf16, load_bf16, 1)
 
 static inline int thread_id(void) {
 #ifdef _OPENMP
@@ -322,10 +356,10 @@ typedef void (*compute_fn)(int32_t layout, int32_t transa, int32_t transb, int32
 static void tile_passes(nn_state *s, const float *tile, int64_t h, int64_t w, int64_t r0, int64_t c0) {
     if (s->need_second) {
         pass1_two(s, tile, h, w, r0, c0);
-        pass2_two(s, tile, h, w, r0, c0);
+        pass2_two(s, tile, h, w, r0, c0, s->col_thr);
     } else {
         pass1_best(s, tile, h, w, r0, c0);
-        pass2_best(s, tile, h, w, r0, c0);
+        pass2_best(s, tile, h, w, r0, c0, s->col_thr);
     }
 }
 
@@ -366,39 +400,50 @@ int64_t lf_nn_sweep(nn_state *states, int64_t nthreads, void *pack_size, void *p
     return failed ? -1 : 0;
 }
 
+/* Merge the nt threads' best two of a bf16 block's columns [lo, hi) into the shared running best two of
+ * the columns (col1_all, col2_all at c0..) and set the block's shared thresholds. */
+static void merge_block_columns(nn_state *states, int64_t nt, int64_t lo, int64_t hi, int64_t c0) {
+    const nn_state *s = states;
+    for (int64_t j = lo; j < hi; j++) {
+        float *g1 = s->col1_all + c0 + j, *g2 = s->col2_all + c0 + j;
+        for (int64_t u = 0; u < nt; u++)
+            merge_two(g1, g2, states[u].col_block[j], states[u].col_block[s->tile_cols + j]);
+        s->col_thr_all[j] = (s->need_second ? *g2 : *g1) - s->eps2;
+    }
+}
+
 /* One block (h, w) of bfloat16 similarities (the bits, row major; torch's bf16 GEMM) at rows r0..,
- * columns c0..: each thread takes a share of its rows and converts them, tile_rows at a time, into its
- * float32 tile (w <= tile_cols) for the passes. No barrier: the columns' statistics are per thread. */
+ * columns c0.. (w <= tile_cols): each thread takes a share of its rows; pass 1, the columns merged
+ * between two barriers (so pass 2 meets the block's thresholds over all rows: the bf16 error bound is
+ * wide, and thresholds of one thread's rows would push many more candidates), pass 2. The columns'
+ * running values are the shared col1_all, col2_all (each state's col1, col2 point there: lf_nn_init). */
 void lf_nn_block_bf16(nn_state *states, int64_t nthreads, const uint16_t *sim, int64_t h, int64_t w, int64_t r0,
                       int64_t c0) {
     _Pragma("omp parallel num_threads(nthreads)")
     {
-        int64_t t = thread_id(), nt = thread_count();
+        int64_t t = thread_id(), nt = thread_count(), lo = h * t / nt, hi = h * (t + 1) / nt;
         nn_state *s = states + t;
-        const int64_t lo = h * t / nt, hi = h * (t + 1) / nt;
-        for (int64_t rs = lo; rs < hi; rs += s->tile_rows) {
-            const int64_t th = hi - rs < s->tile_rows ? hi - rs : s->tile_rows;
-            const uint16_t *src = sim + rs * w;
-            uint32_t *dst = (uint32_t *)s->tile;
-            for (int64_t k = 0; k < th * w; k++) dst[k] = (uint32_t)src[k] << 16;   /* exact */
-            tile_passes(s, s->tile, th, w, r0 + rs, c0);
-        }
+        if (s->need_second) pass1_bf16_two(s, sim + lo * w, hi - lo, w, r0 + lo);
+        else pass1_bf16_best(s, sim + lo * w, hi - lo, w, r0 + lo);
+        _Pragma("omp barrier")
+        merge_block_columns(states, nt, w * t / nt, w * (t + 1) / nt, c0);
+        _Pragma("omp barrier")
+        if (s->need_second) pass2_bf16_two(s, sim + lo * w, hi - lo, w, r0 + lo, c0, s->col_thr_all);
+        else pass2_bf16_best(s, sim + lo * w, hi - lo, w, r0 + lo, c0, s->col_thr_all);
     }
 }
 
-/* After the sweep: the threads' column statistics merged (final thresholds), each thread's last
+/* After the sweep: the threads' column statistics merged into col1_all, col2_all (final thresholds), each thread's last
  * candidates re-scored against them, the exact best twos merged into states[0]. */
 void lf_nn_finish(nn_state *states, int64_t nthreads) {
     _Pragma("omp parallel num_threads(nthreads)")
     {
         int64_t t = thread_id(), nt = thread_count();
         nn_state *s = states + t;
-        for (int64_t j = s->n1 * t / nt; j < s->n1 * (t + 1) / nt; j++) {   /* the columns, split */
-            float b1 = -__builtin_inff(), b2 = -__builtin_inff();
-            for (int64_t u = 0; u < nthreads; u++) merge_two(&b1, &b2, states[u].col1[j], states[u].col2[j]);
-            s->col1_all[j] = b1;
-            s->col2_all[j] = b2;
-        }
+        for (int64_t j = s->n1 * t / nt; j < s->n1 * (t + 1) / nt; j++)   /* the columns, split */
+            for (int64_t u = 0; u < nthreads; u++)
+                if (states[u].col1 != s->col1_all)   /* bf16 blocks: already merged there */
+                    merge_two(s->col1_all + j, s->col2_all + j, states[u].col1[j], states[u].col2[j]);
         _Pragma("omp barrier")
         s->col1 = s->col1_all;   /* the last candidates meet the final thresholds */
         s->col2 = s->col2_all;
@@ -419,14 +464,20 @@ void lf_nn_finish(nn_state *states, int64_t nthreads) {
 }
 
 /* Set every statistic to -inf and every index to 0, for each of the nthreads states (the shared row
- * statistics through the first). */
-void lf_nn_init(nn_state *states, int64_t nthreads) {
+ * and column statistics through the first). shared_columns (bf16 blocks): each state's running column
+ * values are the shared col1_all, col2_all. */
+void lf_nn_init(nn_state *states, int64_t nthreads, int64_t shared_columns) {
     const float finf = -__builtin_inff();
     const double dinf = -__builtin_inf();
     int64_t t, k;
     for (k = 0; k < states->n0; k++) states->row1[k] = states->row2[k] = finf;
+    for (k = 0; k < states->n1; k++) states->col1_all[k] = states->col2_all[k] = finf;
     for (t = 0; t < nthreads; t++) {
         nn_state *s = states + t;
+        if (shared_columns) {
+            s->col1 = s->col1_all;
+            s->col2 = s->col2_all;
+        }
         for (k = 0; k < s->n1; k++) s->col1[k] = s->col2[k] = finf;
         for (k = 0; k < s->n0; k++) { s->row_best[k] = s->row_second[k] = dinf; s->row_idx[k] = 0; }
         for (k = 0; k < s->n1; k++) { s->col_best[k] = s->col_second[k] = dinf; s->col_idx[k] = 0; }
