@@ -143,7 +143,8 @@ class LiteNet(nn.Module):
         maps: forward's (f2, f4, g8)."""
         f2, f4, g8 = maps
         w = self.desc4.weight[:, :, 0, 0]
-        desc = F.linear(sample_at_pixels(f4, xy, 4, "border"), w, self.desc4.bias) + sample_at_pixels(g8, xy, 8, "border")
+        desc = F.linear(sample_at_pixels(f4, xy, 4, "border"), w, self.desc4.bias)
+        desc = desc + sample_at_pixels(g8, xy, 8, "border")
         if self.fine2 is not None:
             desc = desc + self._fine_at(f2, xy)
         return l2_normalize(desc, dim=-1)

@@ -18,8 +18,9 @@ How (one sweep over blocks of the similarity matrix, each block computed by one 
    ties are exact ties and go to the lowest index, and the fp32 and bf16 passes give identical matches.
 
 Only a block of `block_rows` x `block_cols` filter values exists at a time (sized from the CPU caches; in
-the C sweep, one tile per thread), so 30,000 x 30,000 matching needs a few MB instead of 3.6 GB. Many near-ties (descriptors within eps of
-each other, e.g. thousands of copies of one vector) stay exact but cost more: every candidate is re-scored.
+the C sweep, one tile per thread), so 30,000 x 30,000 matching needs a few MB instead of 3.6 GB. Many
+near-ties (descriptors within eps of each other, e.g. thousands of copies of one vector) stay exact but
+cost more: every candidate is re-scored.
 """
 from __future__ import annotations
 
@@ -101,10 +102,9 @@ def choose_blocks(n0: int, n1: int, dim: int, chunk: int, threads: Optional[int]
 def choose_tiles(n0: int, n1: int, dim: int, threads: int) -> tuple[int, int]:
     """(tile_rows, tile_cols) of the C sweep's tiles, from the CPU's L2 (per core): a block of tile_cols
     columns of desc1 fills half of it, so the GEMM reuses it from cache while the rows go by, and a tile
-    of similarities fills it. (Measured at 2k and 8k descriptors, 128-D, on a 2-core EPYC with 1 MB of L2:
-    256 x 1024 tiles cost 0.95x the time of 64 x 1024 ones at 2k and 0.90x at 8k; MKL packs the column
-    block at every call, which a taller tile amortises.) tile_rows is a multiple of 4 (the pass sweeps 4
-    rows at once); neither is larger than needed."""
+    of similarities fills it. (Measured at 2k descriptors, 128-D, on a 2-core EPYC with 1 MB of L2: 256 x
+    1024 tiles take 0.93-0.96x the time of 64 x 1024 ones, and 32-row tiles 1.1x: fewer, larger GEMM
+    calls.) tile_rows is a multiple of 4 (the pass sweeps 4 rows at once); neither is larger than needed."""
     l2 = cpu_info().l2
     cols = max(64, min(4096, l2 // (8 * dim)) // 16 * 16)
     rows = max(4, l2 // (4 * cols) // 4 * 4)
@@ -413,15 +413,16 @@ def _sweep_native(lib, a, b, a_low, b_low, eps2: float, need_second: bool, tile_
     """`_sweep` by the C kernel (CPU tensors, nn_kernel.c), on `threads` of torch's OpenMP threads.
 
     float32 filter: one C call (`lf_nn_sweep`). Each thread takes a share of the rows and sweeps it in
-    tiles of tile_rows x tile_cols: it packs a block of tile_cols columns once (MKL's packed sgemm), then a
-    single-threaded GEMM call per tile writes it into this thread's buffer, still in this core's cache when the pass over it keeps the best two per row and column
-    and collects the candidates. No Python and no synchronisation between tiles.
+    tiles of tile_rows x tile_cols: it packs a block of tile_cols columns once (MKL's packed sgemm), then
+    a single-threaded GEMM call per tile writes the tile into this thread's buffer, still in this core's
+    cache when the passes over it keep the best two per row and column and collect the candidates. No
+    Python and no synchronisation between tiles.
     bfloat16 filter: torch's bf16 GEMM (oneDNN: AVX-512 BF16 or AMX where the CPU has them; MKL's bf16
     GEMM ran 3x slower than its sgemm on an AMD EPYC) writes blocks of block_rows x tile_cols, and one C
     call per block (`lf_nn_block_bf16`) reads the bf16 values: the threads share the block's rows and merge
     its columns' statistics between two barriers (the bf16 error bound is wide: thresholds from all rows
-    push fewer candidates than each thread's own; measured 0.77-0.82 against 0.92-0.94 of the fp32 GEMM
-    with the ratio test at 2k).
+    push fewer candidates than each thread's own: with the ratio test at 2k, 0.77-0.82 of `a @ b.T` against
+    0.92-0.94 for per-thread columns on float32 copies of the tiles).
     Then `lf_nn_finish` re-scores the last candidates (exactly, in C) and merges the threads' results.
     Returns (rows, cols) `_BestTwo`, the same values as `_sweep`."""
     n0, n1, dim = len(a), len(b), a.shape[1]
@@ -511,8 +512,8 @@ def best_two_both_ways(desc0: torch.Tensor, desc1: torch.Tensor, need_second: bo
     if native is not None:
         tile_rows, tile_cols = choose_tiles(n0, n1, a.shape[1], threads)
         if precision == "bf16":   # torch's GEMM writes blocks (block_rows: ~ the L3) that the C passes read
-            tile_cols = block_cols or choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)[1]
-            block_rows = block_rows or choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)[0]
+            auto_rows, auto_cols = choose_blocks(n0, n1, a.shape[1], chunk, threads=threads)
+            tile_cols, block_rows = block_cols or auto_cols, block_rows or auto_rows
             tile_rows = 4      # no float32 tile
         else:
             tile_rows, tile_cols = block_rows or tile_rows, block_cols or tile_cols
