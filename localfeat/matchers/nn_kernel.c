@@ -1,7 +1,7 @@
-/* Fused nearest-neighbour matching: each thread computes tiles of the similarity matrix with the BLAS
- * GEMM that torch links (single-threaded calls, so a tile stays in this core's cache) and makes one
- * pass over each tile right after: it keeps the best two per row and per column and collects the few
- * candidates that may be among the exact best two; candidates are re-scored exactly (float64) and merged.
+/* Fused nearest-neighbour matching: each thread computes tiles of the similarity matrix with torch's MKL
+ * (packed sgemm, single-threaded calls, so a tile stays in this core's cache) and makes two passes over
+ * each tile right after: it keeps the best two per row and per column and collects the few candidates
+ * that may be among the exact best two; candidates are re-scored exactly (float64) and merged.
  *
  * Built and loaded by localfeat/native.py (plain C, no Python headers), driven by
  * localfeat/matchers/nearest_neighbor.py, which documents the method: the GEMM's values are a filter
@@ -9,12 +9,14 @@
  * per-block search (`_sweep`); the exact scores, ties (lowest index) and the result are the same.
  *
  * Threads: OpenMP, linked to the runtime torch already runs (native.py), so the work runs on torch's own
- * threads. Each thread owns a range of rows for the whole sweep and has its own nn_state: its rows'
- * filter statistics, its own running statistics of every column (over its rows), its candidates and
- * exact best twos. No thread waits for another until the end, where the columns' statistics are
- * merged, the last candidates re-scored against the final thresholds, and the exact best twos merged.
- * The merges are order independent (ties: lowest index), so the result does not depend on the number of
- * threads or the tile sizes.
+ * threads. Float32 (lf_nn_sweep): each thread owns a range of rows for the whole sweep and has its own
+ * nn_state: its rows' filter statistics, its own running statistics of every column (over its rows), its
+ * candidates and exact best twos. No thread waits for another until lf_nn_finish, where the columns'
+ * statistics are merged, the last candidates re-scored against the final thresholds, and the exact best
+ * twos merged. bfloat16 (lf_nn_block_bf16): torch's bf16 GEMM writes a block, the threads share its rows
+ * and merge its columns' statistics between two barriers (shared running values: the bf16 bound is wide,
+ * and thresholds over all rows push fewer candidates). The merges are order independent (ties: lowest
+ * index), so the result does not depend on the number of threads or the tile sizes.
  *
  * A candidate is pushed when its filter value reaches the running threshold of its row or column (the
  * running second best - eps2, or the best - eps2 without a ratio test). Running values only grow, so the

@@ -240,12 +240,15 @@ def test_c_pass_equals_torch_ops_bit_for_bit(small_parts, monkeypatch, need_seco
     # gives the same six arrays as the torch ops, to the last bit: random and tied (lattice) data, a
     # dimension that is not a power of two (padded pairwise sums), blocks with tails, 1-3 threads, and
     # one block holding every row (near-ties that the bf16 filter misorders meet in one block: the
-    # candidates' thresholds must keep their 2 eps margin there; dimension 8 makes them frequent).
+    # candidates' thresholds must keep their 2 eps margin there; dimension 8 makes them frequent), and
+    # near-copies of 20 vectors whose exact similarities differ below float32's resolution (the float32
+    # filter misorders them: its thresholds need the margin too).
     from localfeat.native import find_compiler
     if find_compiler() is None:
         pytest.skip("no C compiler on this machine")
     cases = [(random_desc(301, 24, 51), random_desc(277, 24, 52)), (lattice_desc(150, 8, 3), lattice_desc(130, 8, 4)),
-             (random_desc(300, 8, 7), random_desc(300, 8, 107)), (random_desc(300, 8, 1), random_desc(300, 8, 101))]
+             (random_desc(300, 8, 7), random_desc(300, 8, 107)), (random_desc(300, 8, 1), random_desc(300, 8, 101)),
+             (near_copies(300, 32, 9), near_copies(290, 32, 10))]
     for d0, d1 in cases:
         a, b = torch.from_numpy(d0), torch.from_numpy(d1)
         for precision in ("fp32", "bf16"):
@@ -257,6 +260,15 @@ def test_c_pass_equals_torch_ops_bit_for_bit(small_parts, monkeypatch, need_seco
                                             block_cols=cols, threads=threads)
                 for x, y in zip(out, ref):
                     assert x.dtype == y.dtype and torch.equal(x, y), (precision, threads, rows, cols)
+
+
+def near_copies(n, d, seed):
+    """n unit vectors, each one of 20 base vectors plus noise of 3e-7 per coordinate (below float32's
+    resolution of the similarities: ties that the float32 GEMM breaks at random)."""
+    rng = np.random.default_rng(seed)
+    base = random_desc(20, d, 1000)
+    x = base[np.arange(n) % 20] + 3e-7 * rng.normal(size=(n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def test_max_row_norm_bounds_the_norms():
