@@ -31,7 +31,7 @@ from typing import Optional
 
 from .hardware import cpu_info
 
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-std=gnu99")
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-std=gnu99")   # and -march=
 _OPENMP_LIBRARY = re.compile(r"lib(gomp|iomp5|omp)([-.][^/]*)?\.so[^/]*$")
 
 
@@ -104,13 +104,16 @@ def _run(cmd: list) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr.strip()}")
 
 
-def build(source: Path, cc: str, openmp: Optional[str] = None) -> Path:
+def build(source: Path, cc: str, openmp: Optional[str] = None, march: str = "native") -> Path:
     """Compile `source` into the kernels cache (once per source, compiler, flags, OpenMP runtime and
     CPU) and return the library's path. `openmp`: the runtime to link (then -fopenmp), or None.
+    `march`: the target of -march (the tests also build for a baseline such as x86-64-v2, to check the
+    portable code paths on a CPU that has AVX-512).
 
     Raises RuntimeError with the compiler's message when the build fails."""
     cpu = cpu_info()
-    key = hashlib.sha256("\n".join([source.read_text(), cc, _compiler_version(cc), " ".join(FLAGS), str(openmp),
+    flags = (*FLAGS, f"-march={march}")
+    key = hashlib.sha256("\n".join([source.read_text(), cc, _compiler_version(cc), " ".join(flags), str(openmp),
                                     cpu.name, " ".join(sorted(cpu.flags))]).encode()).hexdigest()[:16]
     out = kernels_dir() / f"{source.stem}-{key}.so"
     if out.exists():
@@ -119,7 +122,7 @@ def build(source: Path, cc: str, openmp: Optional[str] = None) -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{source.stem}-") as tmp:
         obj, lib = os.path.join(tmp, "kernel.o"), os.path.join(tmp, "kernel.so")
         # Compile and link apart: with -fopenmp at the link, the compiler would add its own runtime.
-        _run([cc, *FLAGS, *(["-fopenmp"] if openmp else []), "-c", str(source), "-o", obj])
+        _run([cc, *flags, *(["-fopenmp"] if openmp else []), "-c", str(source), "-o", obj])
         _run([cc, "-shared", obj, *([openmp] if openmp else []), "-o", lib])
         umask = os.umask(0)
         os.umask(umask)

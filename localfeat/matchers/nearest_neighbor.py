@@ -381,8 +381,12 @@ def _native_kernel() -> Optional[ctypes.CDLL]:
 @functools.lru_cache(maxsize=1)
 def _load_native_kernel() -> Optional[ctypes.CDLL]:
     lib = load_kernel("matchers/nn_kernel.c")
-    if lib is None:
-        return None
+    return None if lib is None else configure_kernel(lib)
+
+
+def configure_kernel(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the argument and return types of nn_kernel.c's functions on a loaded build of it; check
+    that its nn_state matches `_NativeState`."""
     lib.lf_nn_state_size.restype = ctypes.c_int64
     if lib.lf_nn_state_size() != ctypes.sizeof(_NativeState):
         raise RuntimeError("nn_kernel.c's nn_state and _NativeState differ; fix the mirror")

@@ -177,7 +177,7 @@ static inline vfloat vmin(vfloat x, vfloat y) { return (vfloat)_mm512_min_ps((__
 static inline vfloat vmax(vfloat x, vfloat y) { vint m = x > y; return (vfloat)(((vint)x & m) | ((vint)y & ~m)); }
 static inline vfloat vmin(vfloat x, vfloat y) { vint m = x < y; return (vfloat)(((vint)x & m) | ((vint)y & ~m)); }
 #endif
-static inline vfloat vsplat(float x) { vfloat v; for (int k = 0; k < LANES; k++) v[k] = x; return v; }
+static inline vfloat vsplat(float x) { return x - (vfloat){0}; }   /* x - (+0) = x exactly, -0 included */
 static inline vfloat vload(const float *p) { vfloat v; memcpy(&v, p, sizeof v); return v; }
 static inline void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
 static inline vfloat vload_bf16(const uint16_t *p) {
@@ -187,20 +187,15 @@ static inline vfloat vload_bf16(const uint16_t *p) {
 }
 static inline float load_f32(const float *p) { return *p; }
 static inline float load_bf16(const uint16_t *p) { return bf16_to_float(*p); }
-/* Whether any lane of a comparison mask is set; the lanes as bits (lane k: bit k). */
+/* The lanes k where x[k] >= y[k] (ordered: false for NaN), as bits (lane k: bit k). */
 #if defined(__AVX512F__) && LANES == 16
-static inline int vany(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0; }
-static inline uint32_t vbits(vint m) { return _mm512_test_epi32_mask((__m512i)m, (__m512i)m); }
+static inline uint32_t vge_bits(vfloat x, vfloat y) { return _mm512_cmp_ps_mask((__m512)x, (__m512)y, _CMP_GE_OQ); }
 #else
-static inline uint32_t vbits(vint m) {
+static inline uint32_t vge_bits(vfloat x, vfloat y) {
+    vint m = x >= y;
     uint32_t bits = 0;
     for (int k = 0; k < LANES; k++) bits |= (uint32_t)(m[k] != 0) << k;
     return bits;
-}
-static inline int vany(vint m) {
-    int32_t any = 0;
-    for (int k = 0; k < LANES; k++) any |= m[k];
-    return any != 0;
 }
 #endif
 
@@ -281,11 +276,13 @@ static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, in
         const int64_t g = h - i < ROWS_AT_ONCE ? h - i : ROWS_AT_ONCE;                                  \
         const T *rows[ROWS_AT_ONCE];                                                                    \
         float t[ROWS_AT_ONCE], tmin = __builtin_inff();                                                 \
+        vfloat vt[ROWS_AT_ONCE];   /* the rows' thresholds, broadcast once per group */                 \
         int r;                                                                                          \
         for (r = 0; r < ROWS_AT_ONCE; r++) {   /* a short last group repeats its last row */            \
             const int64_t ir = i + (r < g ? r : g - 1);                                                 \
             rows[r] = sim + ir * w;                                                                     \
             t[r] = (NEED2 ? s->row2[r0 + ir] : s->row1[r0 + ir]) - s->eps2;                             \
+            vt[r] = vsplat(t[r]);                                                                       \
             tmin = minf(tmin, t[r]);                                                                    \
         }                                                                                               \
         const vfloat vtmin = vsplat(tmin);                                                              \
@@ -293,7 +290,7 @@ static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, in
             if (j + LANES <= w) {                                                                       \
                 vfloat m = VLOAD(rows[0] + j);                                                          \
                 for (r = 1; r < ROWS_AT_ONCE; r++) m = vmax(m, VLOAD(rows[r] + j));                     \
-                if (!vany((m >= vtmin) | (m >= vload(thr + j)))) continue;                              \
+                if (!(vge_bits(m, vtmin) | vge_bits(m, vload(thr + j)))) continue;                      \
             }                                                                                           \
             for (r = 0; r < g; r++) {                                                                   \
                 if (j + LANES > w) {   /* the tail of the rows */                                       \
@@ -305,9 +302,9 @@ static void NAME(nn_state *s, const T *sim, int64_t h, int64_t w, int64_t r0, in
                     continue;                                                                           \
                 }                                                                                       \
                 vfloat v = VLOAD(rows[r] + j);                                                          \
-                for (uint32_t m = vbits(v >= vsplat(t[r])); m; m &= m - 1)                              \
+                for (uint32_t m = vge_bits(v, vt[r]); m; m &= m - 1)                                    \
                     push_row(s, r0 + i + r, c0 + j + __builtin_ctz(m), v[__builtin_ctz(m)]);            \
-                for (uint32_t m = vbits(v >= vload(thr + j)); m; m &= m - 1)                            \
+                for (uint32_t m = vge_bits(v, vload(thr + j)); m; m &= m - 1)                           \
                     push_col(s, r0 + i + r, c0 + j + __builtin_ctz(m), v[__builtin_ctz(m)]);            \
             }                                                                                           \
         }                                                                                               \

@@ -1,4 +1,8 @@
 """Blockwise nearest-neighbour matching equals brute force on the full similarity matrix."""
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -246,6 +250,30 @@ def test_c_pass_equals_torch_ops_bit_for_bit(small_parts, monkeypatch, need_seco
     from localfeat.native import find_compiler
     if find_compiler() is None:
         pytest.skip("no C compiler on this machine")
+    assert_c_pass_equals_torch_ops(monkeypatch, need_second)
+
+
+@pytest.mark.parametrize("need_second", [False, True])
+def test_portable_build_of_the_c_pass_equals_torch_ops(small_parts, monkeypatch, tmp_path, need_second):
+    # The kernel built for a baseline x86-64 (SSE4.2, no AVX-512: the vector-extension fallbacks of
+    # vmax, vmin, vge_bits) gives the same bits as well, so a CPU without AVX-512 gets the same matches.
+    import ctypes
+    import platform
+    from localfeat import native
+    cc = native.find_compiler()
+    if cc is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs a C compiler for x86-64")
+    monkeypatch.setenv("LOCALFEAT_KERNELS", str(tmp_path))
+    source = Path(nn.__file__).with_name("nn_kernel.c")
+    lib = nn.configure_kernel(ctypes.CDLL(str(native.build(source, cc, native.openmp_runtime(), march="x86-64-v2"))))
+    if shutil.which("objdump"):   # binutils, beside the compiler: no AVX-512 register in the code
+        code = subprocess.run(["objdump", "-d", lib._name], capture_output=True, text=True).stdout
+        assert "lf_nn_sweep" in code and "zmm" not in code
+    monkeypatch.setattr(nn, "_native_kernel", lambda: lib)
+    assert_c_pass_equals_torch_ops(monkeypatch, need_second)
+
+
+def assert_c_pass_equals_torch_ops(monkeypatch, need_second):
     cases = [(random_desc(301, 24, 51), random_desc(277, 24, 52)), (lattice_desc(150, 8, 3), lattice_desc(130, 8, 4)),
              (random_desc(300, 8, 7), random_desc(300, 8, 107)), (random_desc(300, 8, 1), random_desc(300, 8, 101)),
              (near_copies(300, 32, 9), near_copies(290, 32, 10))]
