@@ -30,11 +30,13 @@ def mutual_nn_matches(desc0, desc1) -> np.ndarray:
     """Mutual nearest neighbours of descriptors (N0, D), (N1, D) by similarity Da Db^T.
 
     Returns int64 (M, 2) sorted by the first index. Ties go to the lowest index (as torch.max
-    and argmax do), computed blockwise in float32 by `localfeat.matchers.nearest_neighbor`.
+    and argmax do), computed blockwise by `localfeat.matchers.nearest_neighbor` with its first pass in
+    bfloat16 where the CPU (AVX-512 BF16, AMX) or GPU computes it natively, else float32: the matches are
+    the exact float64 ones either way (the precision is a matter of speed only).
     """
     from ..matchers.nearest_neighbor import match_nearest_neighbours
 
-    indices, _ = match_nearest_neighbours(desc0, desc1, mutual=True)
+    indices, _ = match_nearest_neighbours(desc0, desc1, mutual=True, precision="auto")
     return indices
 
 
