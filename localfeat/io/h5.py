@@ -223,9 +223,14 @@ class _H5Store:
         return self.entry_dataset in group
 
     def _chunk_files(self) -> list[Path]:
-        if not self.journal_dir.is_dir():
+        """The journal's complete chunks, oldest first. A concurrent merge may delete the journal folder
+        at any moment (also while it is listed): a vanished folder is an empty journal."""
+        try:
+            with os.scandir(self.journal_dir) as entries:
+                names = [e.name for e in entries if e.name.endswith(".h5") and not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(p for p in self.journal_dir.glob("*.h5") if not p.name.startswith("."))
+        return [self.journal_dir / name for name in sorted(names)]
 
     def _scan(self) -> None:
         """Index the journal, then the main file. In this order a concurrent merge (which replaces the

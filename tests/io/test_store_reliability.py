@@ -71,6 +71,34 @@ def test_concurrent_writers_lose_nothing(tmp_path, writers, overlap):
             assert sorted(k[: -len("/keypoints")] for k in found) == expected
 
 
+def test_a_journal_merged_while_it_is_listed_is_read_from_the_main_file(tmp_path, monkeypatch):
+    """The race behind a rare failure of the test above: another writer merges the journal (and deletes
+    its folder) between a store's check that the folder exists and its listing of the chunks."""
+    path = tmp_path / "features.h5"
+    opts = dict(model="m", conf={}, conf_hash="h", flush_every=1000)
+    with FeatureStore(path, "a", **opts) as store:
+        store.put("a.png", features_for("a.png"))
+    writer = FeatureStore(path, "a", **opts)
+    writer.put("b.png", features_for("b.png"))
+    writer.flush()  # one chunk in the journal, too small to trigger a merge
+    journal = path.with_name("features.h5.journal")
+    assert len(list(journal.iterdir())) == 1
+    real_scandir, merged = os.scandir, []
+
+    def scandir_while_another_writer_merges(folder):
+        if not merged and os.fspath(folder) == os.fspath(journal):
+            merged.append(True)
+            FeatureStore(path, "a", **opts).consolidate()
+            assert not journal.exists()
+        return real_scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", scandir_while_another_writer_merges)
+    reader = FeatureStore(path, "r")
+    assert merged and reader.names() == ["a.png", "b.png"]
+    assert reader.get("b.png").equals(features_for("b.png"))
+    writer.close()
+
+
 # ------------------------------------------------------------------------------------------- disk full
 FILLER = textwrap.dedent("""
     import resource, signal, sys
