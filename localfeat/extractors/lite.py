@@ -138,6 +138,43 @@ class LiteNet(nn.Module):
         self.fine2 = self._zero_layer(WIDTHS[0])
         return self
 
+    def widen(self, dim: int, scale: float = 0.1, seed: int = 0) -> "LiteNet":
+        """Grow the descriptor from self.dim to `dim` dimensions, keeping what the network computes (preset
+        lite_wide). The score map is unchanged exactly (head8's new input columns are zero). The new
+        dimensions are not zero, since the losses' gradient through a dimension is proportional to its
+        value: desc4, desc8 and desc16 get new rows drawn like their trained ones (same per-layer standard
+        deviation) times `scale`; context8 and fine2 get zero rows. The descriptors' first self.dim entries
+        then shrink by the renormalisation only (0.1: their cosine with the old descriptors is about 0.99)."""
+        if dim < self.dim:
+            raise ValueError(f"widen: dim={dim} is below the network's {self.dim}")
+        extra = dim - self.dim
+        if extra == 0:
+            return self
+        gen = torch.Generator().manual_seed(seed)
+
+        def grown(layer: nn.Conv2d, random_rows: bool) -> nn.Conv2d:
+            w = layer.weight.detach()
+            rows = (torch.randn((extra, *w.shape[1:]), generator=gen) * (scale * float(w.std()))
+                    if random_rows else torch.zeros((extra, *w.shape[1:])))
+            new = nn.Conv2d(w.shape[1], dim, w.shape[2], 1, w.shape[2] // 2).to(w.device)
+            with torch.no_grad():
+                new.weight.copy_(torch.cat([w, rows.to(w)]))
+                new.bias.copy_(torch.cat([layer.bias.detach(), layer.bias.new_zeros(extra)]))
+            return new
+
+        self.desc4, self.desc8, self.desc16 = (grown(layer, True) for layer in (self.desc4, self.desc8, self.desc16))
+        if self.context8 is not None:
+            self.context8 = grown(self.context8, False)
+        if self.fine2 is not None:
+            self.fine2 = grown(self.fine2, False)
+        head8 = nn.Conv2d(dim, self.head8.out_channels, 1).to(self.head8.weight.device)
+        with torch.no_grad():
+            head8.weight.copy_(F.pad(self.head8.weight.detach(), (0, 0, 0, 0, 0, extra)))
+            head8.bias.copy_(self.head8.bias.detach())
+        self.head8 = head8
+        self.dim = dim
+        return self
+
     def describe(self, maps: tuple, xy: torch.Tensor) -> torch.Tensor:
         """L2-normalised descriptors (B, N, dim) at input pixels xy (B, N, 2) (pixel-centre convention);
         maps: forward's (f2, f4, g8)."""
@@ -284,8 +321,12 @@ def train_build(conf: dict) -> LiteNet:
     if conf["weights"] is None:
         return LiteNet(int(conf["dim"]), context=bool(conf.get("context")), fine=bool(conf.get("fine")))
     net, _ = load_net(None if conf["weights"] == "packaged" else conf["weights"])
-    if net.dim != int(conf["dim"]):
-        raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']}")
+    if net.dim > int(conf["dim"]):
+        raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']} "
+                          "(a descriptor can be widened, not narrowed)")
+    if net.dim < int(conf["dim"]):
+        logger.info("lite: descriptor widened from %d to %d dimensions (LiteNet.widen)", net.dim, conf["dim"])
+        net.widen(int(conf["dim"]))
     for key, attr, add in _OPTIONAL_LAYERS:
         wanted, held = conf.get(key), getattr(net, attr) is not None
         if wanted and not held:

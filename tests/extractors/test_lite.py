@@ -213,3 +213,44 @@ def test_optional_layers_start_at_zero_round_trip_and_are_checked(tmp_path, key,
 
 def test_the_shipped_weights_hold_the_context_layer():
     assert lite.train_build({"dim": 64, "weights": "packaged", "context": None}).context8 is not None
+
+
+@pytest.mark.parametrize("fine", [False, True])
+def test_widening_keeps_the_score_map_and_the_descriptors_direction(tmp_path, fine):
+    """`model.dim` above the weights' (preset lite_wide) widens the descriptor with `LiteNet.widen`: the score
+    map is unchanged bit for bit, the old dimensions keep their direction (cosine > 0.98 with scale 0.1), the
+    new ones are small but not zero (the losses' gradient through a dimension is proportional to it), the
+    extractor's and the training map's descriptors still agree, and the widened file loads with its width;
+    narrowing is refused."""
+    torch.manual_seed(0)
+    base = tmp_path / "plain.pt"
+    net = lite.LiteNet(context=True, fine=fine)
+    with torch.no_grad():
+        for layer in (net.context8, net.fine2) if fine else (net.context8,):
+            layer.weight.normal_(std=0.1)                            # as if trained (they start at zero)
+    lite.train_save(net, {}, base)
+    plain = lite.train_build({"dim": 64, "weights": str(base), "context": None, "fine": None}).eval()
+    wide = lite.train_build({"dim": 96, "weights": str(base), "context": None, "fine": None}).eval()
+    assert wide.dim == 96 and wide.desc4.out_channels == wide.desc8.out_channels == wide.context8.out_channels == 96
+    assert wide.head8.in_channels == 96 and (wide.fine2.out_channels == 96 if fine else wide.fine2 is None)
+    x = torch.rand(1, 1, 64, 96)
+    with torch.no_grad():
+        (s0, maps0), (s1, maps1) = plain(x), wide(x)
+        assert torch.equal(s0, s1)
+        d0, d1 = plain.dense_descriptors(maps0), wide.dense_descriptors(maps1)
+        assert d1.shape == (1, 96, 64, 96)
+        cosine = (d1[:, :64] * d0).sum(1)
+        assert cosine.min() > 0.98 and cosine.max() < 1.0 - 1e-6
+        extra = d1[:, 64:].norm(dim=1)
+        assert 1e-3 < extra.mean() < 0.3
+        xy = torch.tensor([[[3.0, 4.0], [50.0, 20.0], [95.0, 63.0]]])
+        desc = wide.describe(maps1, xy)[0]
+        assert torch.allclose(desc, d1[0, :, xy[0, :, 1].long(), xy[0, :, 0].long()].T, atol=1e-5)
+        assert torch.allclose(desc.norm(dim=-1), torch.ones(3), atol=1e-6)
+    path = tmp_path / "wide.pt"
+    lite.train_save(wide, {}, path)
+    assert load_extractor("lite", weights=str(path), resize_max=None, max_keypoints=20).net.dim == 96
+    with pytest.raises(ConfigError, match="widened, not narrowed"):
+        lite.train_build({"dim": 64, "weights": str(path), "context": None})
+    with pytest.raises(ValueError, match="below"):
+        wide.widen(32)
