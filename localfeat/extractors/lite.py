@@ -1,7 +1,7 @@
 """lite: localfeat's own small learned extractor, trained by `localfeat train --config lite`, shipped in the
 package (weights under the project's licence, no lookup or download) and the default learned model.
 
-Network (`LiteNet`, 0.32 M parameters, grayscale input). No layer runs at full resolution: on a CPU a
+Network (`LiteNet`, 0.38 M parameters as shipped, grayscale input). No layer runs at full resolution: on a CPU a
 convolution over a few channels at full resolution costs more than the whole 1/8 trunk (memory bound).
 
     gray (B, 1, H, W) in [0, 1] -> InstanceNorm -> x
@@ -10,12 +10,12 @@ convolution over a few channels at full resolution costs more than the whole 1/8
     block8   3x3 s2, 3x3          64 ch  at 1/8   -> f8
     block16  3x3 s2, 3x3         128 ch  at 1/16  -> f16
     (each: Conv2d without bias, BatchNorm2d, ReLU; BatchNorm is folded into the conv for inference)
-    coarse descriptors  g8 = desc8(f8) + up(desc16(f16)) [+ context8(f8)]   (B, D, H/8, W/8), 1x1 convs, D = 64;
-                        context8 (optional): 3x3
+    coarse descriptors  g8 = desc8(f8) + up(desc16(f16)) [+ context8(f8)]   (B, D, H/8, W/8), 1x1 convs, D = 64
+                        from scratch (the shipped weights: 96, widened by `LiteNet.widen`); context8 (optional): 3x3
     descriptor at pixel p = normalise(desc4(f4 sampled at p) + g8 sampled at p [+ fine2(f2) sampled at p])
                         (bilinear, border-clamped); fine2 (optional): a 3x3 conv (8 -> D) over the 1/2 features
     score head at 1/4   h = head4([unshuffle4(x), f4]) + up(head8(g8))   head4: 3x3 (16 + 32 -> 32), head8: 1x1
-                          (64 -> 32); unshuffle4 = the 16 pixels of each 4x4 cell as channels
+                          (D -> 32); unshuffle4 = the 16 pixels of each 4x4 cell as channels
     scores = sigmoid(shuffle4(head_out(h)))    head_out: ReLU, 1x1 (32 -> 32), ReLU, 1x1 (32 -> 16);
                           shuffle4 = pixel shuffle: each 1/4 cell predicts its 16 pixels. head4's 3x3 sees the
                           neighbouring cells' pixels, so the map is continuous across cell borders (with 1x1
@@ -250,7 +250,8 @@ def load_net(weights: Optional[str | Path] = None, fold: bool = False) -> tuple[
 
 
 class Lite(Extractor):
-    """localfeat's own learned extractor (module docstring): 64-D float descriptors.
+    """localfeat's own learned extractor (module docstring): float descriptors of the weights' width (the
+    shipped weights: 96-D).
 
     Config:
       max_keypoints:       the best keypoints kept (None = every peak above detection_threshold).
