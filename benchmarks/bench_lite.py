@@ -4,9 +4,9 @@ HPatches real sequences of ../shared/data/hpatches_subset (D2-Net protocol: mutu
 original-image pixels, homography accuracy at 3 px by the ALIKE protocol), images at a longer side of 640,
 2,048 keypoints: each model's 2,048 best (ALIKE-t and ALIKED-n16 without their default score threshold of 0.2,
 which keeps 1,000-1,900 points on these images and raises MMA as any stricter selection does; ALIKE-t is also
-run with it, as an extra row; the table's keypoints column is the mean per image); CPU seconds per image with `--threads` torch threads (median over 3 rounds of the 12
-images, each model in a fresh process, after a warm-up); relative-pose AUC on the ScanNet
-sample (15 pairs, extraction at 640, RANSAC 2 px at full resolution).
+run with it, as an extra row; the table's keypoints column is the mean per image); CPU seconds per image with
+`--threads` torch threads (median over 3 rounds of the 12 images, each model in a fresh process, after a
+warm-up); relative-pose AUC on the ScanNet sample (15 pairs, extraction at 640, RANSAC 2 px at full resolution).
 Needs ../shared/data (or LOCALFEAT_SHARED_DATA).
 
     python benchmarks/bench_lite.py                  # the table of docs/lite.md

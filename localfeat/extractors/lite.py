@@ -322,12 +322,13 @@ def train_build(conf: dict) -> LiteNet:
     if conf["weights"] is None:
         return LiteNet(int(conf["dim"]), context=bool(conf.get("context")), fine=bool(conf.get("fine")))
     net, _ = load_net(None if conf["weights"] == "packaged" else conf["weights"])
-    if net.dim > int(conf["dim"]):
-        raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {conf['dim']} "
+    dim = int(conf["dim"])
+    if net.dim > dim:
+        raise ConfigError(f"model.weights {conf['weights']} hold dim={net.dim}, the config asks for {dim} "
                           "(a descriptor can be widened, not narrowed)")
-    if net.dim < int(conf["dim"]):
-        logger.info("lite: descriptor widened from %d to %d dimensions (LiteNet.widen)", net.dim, conf["dim"])
-        net.widen(int(conf["dim"]))
+    if net.dim < dim:
+        logger.info("lite: descriptor widened from %d to %d dimensions (LiteNet.widen)", net.dim, dim)
+        net.widen(dim)
     for key, attr, add in _OPTIONAL_LAYERS:
         wanted, held = conf.get(key), getattr(net, attr) is not None
         if wanted and not held:
