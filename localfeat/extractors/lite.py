@@ -12,8 +12,9 @@ convolution over a few channels at full resolution costs more than the whole 1/8
     (each: Conv2d without bias, BatchNorm2d, ReLU; BatchNorm is folded into the conv for inference)
     coarse descriptors  g8 = desc8(f8) + up(desc16(f16)) [+ context8(f8)]   (B, D, H/8, W/8), 1x1 convs, D = 64
                         from scratch (the shipped weights: 96, widened by `LiteNet.widen`); context8 (optional): 3x3
-    descriptor at pixel p = normalise(desc4(f4 sampled at p) + g8 sampled at p [+ fine2(f2) sampled at p])
-                        (bilinear, border-clamped); fine2 (optional): a 3x3 conv (8 -> D) over the 1/2 features
+    descriptor at pixel p = normalise(desc4(f4 sampled at p) + g8 sampled at p [+ context4(f4) sampled at p]
+                        [+ fine2(f2) sampled at p]) (bilinear, border-clamped); context4 (optional): a 3x3 conv
+                        (32 -> D) over the 1/4 features; fine2 (optional): a 3x3 conv (8 -> D) over the 1/2 features
     score head at 1/4   h = head4([unshuffle4(x), f4]) + up(head8(g8))   head4: 3x3 (16 + 32 -> 32), head8: 1x1
                           (D -> 32); unshuffle4 = the 16 pixels of each 4x4 cell as channels
     scores = sigmoid(shuffle4(head_out(h)))    head_out: ReLU, 1x1 (32 -> 32), ReLU, 1x1 (32 -> 16);
@@ -21,9 +22,10 @@ convolution over a few channels at full resolution costs more than the whole 1/8
                           neighbouring cells' pixels, so the map is continuous across cell borders (with 1x1
                           layers only, peaks piled up on the cell borders: 40% of them at x = 3 mod 4)
 
-desc4 and fine2 are linear, so sampling f4 and then applying desc4 equals sampling desc4(f4), and fine2(f2) at p
-is fine2's weights applied to f2 sampled at p and its 8 neighbours 2 px away (zero outside the map, as the conv's
-padding): the extractor samples the 32-channel f4 and the 8-channel f2 at the keypoints only and never builds a
+desc4, context4 and fine2 are linear, so sampling f4 and then applying desc4 equals sampling desc4(f4), and
+context4(f4) (fine2(f2)) at p is the layer's weights applied to f4 (f2) sampled at p and its 8 neighbours one map
+pixel away (zero outside the map, as the conv's padding): the extractor samples the 32-channel f4 and the 8-channel
+f2 at the keypoints only and never builds a
 descriptor map finer than 1/8; training builds the full-resolution map (`dense_descriptors`), equal to the
 extractor's descriptors at every pixel.
 
@@ -75,6 +77,23 @@ def _upsample(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def _conv3x3_at(layer: nn.Conv2d, fmap: torch.Tensor, stride: int, xy: torch.Tensor) -> torch.Tensor:
+    """layer(fmap) (a 3x3 conv with zero padding over a map of `stride` input pixels per map pixel) sampled
+    bilinearly (border-clamped) at input pixels xy (B, N, 2) -> (B, N, out), from 9 samples of fmap: the points
+    are clamped to the map's first and last pixel centres (border clamping), then fmap is read at them and one map
+    pixel (`stride` input pixels) around, zero outside the map (the conv's padding); exact by linearity."""
+    h, w = fmap.shape[-2:]
+    c = (stride - 1) / 2                                                   # input coordinate of map pixel 0
+    lo, hi = c, xy.new_tensor([stride * (w - 1) + c, stride * (h - 1) + c])
+    xy = torch.minimum(xy.clamp(min=lo), hi)
+    offsets = float(stride) * torch.stack(torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij"), -1)
+    offsets = offsets.flip(-1).reshape(9, 2).to(xy)                       # (ky, kx) order, as (dx, dy)
+    b, n = xy.shape[:2]
+    taps = sample_at_pixels(fmap, (xy[:, :, None] + offsets).reshape(b, n * 9, 2), stride, "zeros")
+    taps = taps.reshape(b, n, 9, -1).transpose(2, 3).reshape(b, n, -1)   # (B, N, C * 9), C-major as the weight
+    return F.linear(taps, layer.weight.reshape(layer.out_channels, -1), layer.bias)
+
+
 class LiteNet(nn.Module):
     """The lite network (module docstring).
 
@@ -82,10 +101,11 @@ class LiteNet(nn.Module):
     maps = (f2 (B, 8, H/2, W/2), f4 (B, 32, H/4, W/4), g8 (B, dim, H/8, W/8))); `describe` and
     `dense_descriptors` turn the maps into descriptors.
 
-    context: the 3x3 layer over the 1/8 features (`add_context`); fine: the 3x3 layer over the 1/2 features
-    (`add_fine`). Both are optional so that weights trained without them load and grow them at zero."""
+    context: the 3x3 layer over the 1/8 features (`add_context`); context4: the 3x3 layer over the 1/4 features
+    (`add_context4`); fine: the 3x3 layer over the 1/2 features (`add_fine`). They are optional so that weights
+    trained without them load and grow them at zero."""
 
-    def __init__(self, dim: int = 64, context: bool = False, fine: bool = False):
+    def __init__(self, dim: int = 64, context: bool = False, fine: bool = False, context4: bool = False):
         super().__init__()
         c2, c4, c8, c16 = WIDTHS
         self.dim = dim
@@ -98,9 +118,12 @@ class LiteNet(nn.Module):
         self.desc8 = nn.Conv2d(c8, dim, 1)
         self.desc16 = nn.Conv2d(c16, dim, 1)
         self.context8 = None
+        self.context4 = None
         self.fine2 = None
         if context:
             self.add_context()
+        if context4:
+            self.add_context4()
         if fine:
             self.add_fine()
         self.head4 = nn.Conv2d(16 + c4, 32, 3, 1, 1)
@@ -132,6 +155,12 @@ class LiteNet(nn.Module):
         self.context8 = self._zero_layer(WIDTHS[2])
         return self
 
+    def add_context4(self) -> "LiteNet":
+        """Add the optional 3x3 layer over the 1/4 features to the descriptors, at zero (same outputs as before):
+        each 1/4 cell's descriptor then sees its neighbours' features, to tell apart points a few pixels apart."""
+        self.context4 = self._zero_layer(WIDTHS[1])
+        return self
+
     def add_fine(self) -> "LiteNet":
         """Add the optional 3x3 layer over the 1/2 features to the descriptors, at zero (same outputs as
         before; preset lite_fine): detail finer than the 1/4 features carry, for precise matches."""
@@ -143,7 +172,7 @@ class LiteNet(nn.Module):
         lite_wide). The score map is unchanged exactly (head8's new input columns are zero). The new
         dimensions are not zero, since the losses' gradient through a dimension is proportional to its
         value: desc4, desc8 and desc16 get new rows drawn like their trained ones (same per-layer standard
-        deviation) times `scale`; context8 and fine2 get zero rows. The descriptors' first self.dim entries
+        deviation) times `scale`; context8, context4 and fine2 get zero rows. The descriptors' first self.dim entries
         then shrink by the renormalisation only (0.1: their cosine with the old descriptors is about 0.99)."""
         if dim < self.dim:
             raise ValueError(f"widen: dim={dim} is below the network's {self.dim}")
@@ -165,6 +194,8 @@ class LiteNet(nn.Module):
         self.desc4, self.desc8, self.desc16 = (grown(layer, True) for layer in (self.desc4, self.desc8, self.desc16))
         if self.context8 is not None:
             self.context8 = grown(self.context8, False)
+        if self.context4 is not None:
+            self.context4 = grown(self.context4, False)
         if self.fine2 is not None:
             self.fine2 = grown(self.fine2, False)
         head8 = nn.Conv2d(dim, self.head8.out_channels, 1).to(self.head8.weight.device)
@@ -182,30 +213,19 @@ class LiteNet(nn.Module):
         w = self.desc4.weight[:, :, 0, 0]
         desc = F.linear(sample_at_pixels(f4, xy, 4, "border"), w, self.desc4.bias)
         desc = desc + sample_at_pixels(g8, xy, 8, "border")
+        if self.context4 is not None:
+            desc = desc + _conv3x3_at(self.context4, f4, 4, xy)
         if self.fine2 is not None:
-            desc = desc + self._fine_at(f2, xy)
+            desc = desc + _conv3x3_at(self.fine2, f2, 2, xy)
         return l2_normalize(desc, dim=-1)
-
-    def _fine_at(self, f2: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-        """fine2(f2) sampled bilinearly (border-clamped) at xy (B, N, 2) -> (B, N, dim), from 9 samples of f2:
-        the points are clamped to the map's pixel centres (border clamping), then f2 is read at them and 2 px
-        (one map pixel) around, zero outside the map (the conv's zero padding); exact by linearity."""
-        h, w = f2.shape[-2:]
-        lo, hi = 0.5, xy.new_tensor([2 * w - 1.5, 2 * h - 1.5])
-        xy = torch.minimum(xy.clamp(min=lo), hi)
-        offsets = 2.0 * torch.stack(torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij"), -1)
-        offsets = offsets.flip(-1).reshape(9, 2).to(xy)                       # (ky, kx) order, as (dx, dy)
-        b, n = xy.shape[:2]
-        taps = sample_at_pixels(f2, (xy[:, :, None] + offsets).reshape(b, n * 9, 2), 2, "zeros")
-        taps = taps.reshape(b, n, 9, -1).transpose(2, 3).reshape(b, n, -1)   # (B, N, C * 9), C-major as the weight
-        return F.linear(taps, self.fine2.weight.reshape(self.dim, -1), self.fine2.bias)
 
     def dense_descriptors(self, maps: tuple) -> torch.Tensor:
         """L2-normalised descriptors (B, dim, H, W) at every input pixel (what `describe` gives there);
         maps: forward's (f2, f4, g8)."""
         f2, f4, g8 = maps
         size = (f4.shape[-2] * 4, f4.shape[-1] * 4)
-        desc = _upsample(self.desc4(f4), size) + _upsample(g8, size)
+        d4 = self.desc4(f4) if self.context4 is None else self.desc4(f4) + self.context4(f4)
+        desc = _upsample(d4, size) + _upsample(g8, size)
         if self.fine2 is not None:
             desc = desc + _upsample(self.fine2(f2), size)
         return l2_normalize(desc, dim=1)
@@ -243,7 +263,8 @@ def load_net(weights: Optional[str | Path] = None, fold: bool = False) -> tuple[
             "" if weights is not None else " (the package is incomplete: reinstall localfeat)"))
     state = state_dict_from_file(path, entries=("lite",))
     dim = int(state["desc8.weight"].shape[0]) if "desc8.weight" in state else 64
-    net = LiteNet(dim, context="context8.weight" in state, fine="fine2.weight" in state)
+    net = LiteNet(dim, context="context8.weight" in state, fine="fine2.weight" in state,
+                  context4="context4.weight" in state)
     load_strict(net, state, path, "lite")
     net.eval()
     return (net.fold_batchnorm() if fold else net), path
@@ -309,18 +330,21 @@ class Lite(Extractor):
 
 
 # ------------------------------------------------------------------------------------------ training
-TRAIN_DEFAULTS = {"dim": 64, "weights": None, "context": None, "fine": None}
-_OPTIONAL_LAYERS = (("context", "context8", "add_context"), ("fine", "fine2", "add_fine"))
+TRAIN_DEFAULTS = {"dim": 64, "weights": None, "context": None, "fine": None, "context4": None}
+_OPTIONAL_LAYERS = (("context", "context8", "add_context"), ("fine", "fine2", "add_fine"),
+                    ("context4", "context4", "add_context4"))
 
 
 def train_build(conf: dict) -> LiteNet:
     """A LiteNet from scratch (conf['weights'] None), or from a weights file ('packaged' = the shipped one).
 
-    conf['context'] (the 1/8 context layer) and conf['fine'] (the 1/2 layer): None: as the weights hold it
+    conf['context'] (the 1/8 context layer), conf['context4'] (the 1/4 layer) and conf['fine'] (the 1/2 layer):
+    None: as the weights hold it
     (none from scratch); true: added at zero to weights without it (the network's outputs are those of the
     weights); false: without it."""
     if conf["weights"] is None:
-        return LiteNet(int(conf["dim"]), context=bool(conf.get("context")), fine=bool(conf.get("fine")))
+        return LiteNet(int(conf["dim"]), context=bool(conf.get("context")), fine=bool(conf.get("fine")),
+                       context4=bool(conf.get("context4")))
     net, _ = load_net(None if conf["weights"] == "packaged" else conf["weights"])
     dim = int(conf["dim"])
     if net.dim > dim:

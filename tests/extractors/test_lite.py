@@ -108,18 +108,19 @@ def test_training_round_trip_and_preset_runs(tmp_path):
     assert (REPO / "localfeat" / "train" / "presets" / "lite.yaml").is_file()
 
 
-@pytest.mark.parametrize("fine", [False, True])
-def test_describe_equals_the_dense_training_map_and_folding_keeps_outputs(fine):
-    """The extractor's descriptors (f4 sampled, then desc4; with the fine layer, f2 sampled at 9 taps, then
-    fine2's weights) are the training map's values at those pixels (both layers are linear; both sample
-    border-clamped bilinear), also at the borders, where the 3x3 layer reads its zero padding; BatchNorm
+@pytest.mark.parametrize("fine, context4", [(False, False), (True, False), (False, True), (True, True)])
+def test_describe_equals_the_dense_training_map_and_folding_keeps_outputs(fine, context4):
+    """The extractor's descriptors (f4 sampled, then desc4; with the 1/4 and 1/2 3x3 layers, f4 / f2 sampled at 9
+    taps, then the layer's weights) are the training map's values at those pixels (the layers are linear; all
+    sample border-clamped bilinear), also at the borders, where a 3x3 layer reads its zero padding; BatchNorm
     folding changes only rounding."""
     torch.manual_seed(0)
-    net = lite.LiteNet(fine=fine).train()
-    if fine:
-        with torch.no_grad():
-            net.fine2.weight.normal_(std=0.3)                 # as if trained (it starts at zero)
-            net.fine2.bias.normal_(std=0.3)
+    net = lite.LiteNet(fine=fine, context4=context4).train()
+    with torch.no_grad():
+        for layer in (net.fine2, net.context4):
+            if layer is not None:
+                layer.weight.normal_(std=0.3)                 # as if trained (it starts at zero)
+                layer.bias.normal_(std=0.3)
     with torch.no_grad():
         for _ in range(2):                       # non-trivial BatchNorm statistics
             net(torch.rand(2, 1, 64, 96))
@@ -144,6 +145,8 @@ def test_describe_equals_the_dense_training_map_and_folding_keeps_outputs(fine):
             F.interpolate(g8, size=(64, 96), mode="bilinear", align_corners=False)
         if fine:
             raw = raw + F.interpolate(net.fine2(f2), size=(64, 96), mode="bilinear", align_corners=False)
+        if context4:
+            raw = raw + F.interpolate(net.context4(f4), size=(64, 96), mode="bilinear", align_corners=False)
         avg = raw[0, :, 31:33, 39:41].mean(dim=(1, 2))
         assert torch.allclose(mid, avg / avg.norm(), atol=1e-5)
         folded = copy.deepcopy(net).fold_batchnorm()
@@ -178,9 +181,10 @@ def _flat(out) -> list:
     return [out[0], *out[1]]
 
 
-@pytest.mark.parametrize("key, attr", [("context", "context8"), ("fine", "fine2")])
+@pytest.mark.parametrize("key, attr", [("context", "context8"), ("fine", "fine2"), ("context4", "context4")])
 def test_optional_layers_start_at_zero_round_trip_and_are_checked(tmp_path, key, attr):
-    """`model.context: true` (the 1/8 context layer) and `model.fine: true` (the 1/2 layer) add the layer at
+    """`model.context: true` (the 1/8 context layer), `model.context4: true` (the 1/4 layer) and `model.fine:
+    true` (the 1/2 layer) add the layer at
     zero to weights that lack it (the same outputs as before), the saved weights load back with it, weights
     that hold it refuse `false`, and the key left out follows the weights."""
     base = tmp_path / "plain.pt"
@@ -224,15 +228,16 @@ def test_widening_keeps_the_score_map_and_the_descriptors_direction(tmp_path, fi
     narrowing is refused."""
     torch.manual_seed(0)
     base = tmp_path / "plain.pt"
-    net = lite.LiteNet(context=True, fine=fine)
+    net = lite.LiteNet(context=True, fine=fine, context4=fine)         # fine: with the 1/2 and 1/4 layers
     with torch.no_grad():
-        for layer in (net.context8, net.fine2) if fine else (net.context8,):
+        for layer in (net.context8, net.fine2, net.context4) if fine else (net.context8,):
             layer.weight.normal_(std=0.1)                            # as if trained (they start at zero)
     lite.train_save(net, {}, base)
     plain = lite.train_build({"dim": 64, "weights": str(base), "context": None, "fine": None}).eval()
     wide = lite.train_build({"dim": 96, "weights": str(base), "context": None, "fine": None}).eval()
     assert wide.dim == 96 and wide.desc4.out_channels == wide.desc8.out_channels == wide.context8.out_channels == 96
     assert wide.head8.in_channels == 96 and (wide.fine2.out_channels == 96 if fine else wide.fine2 is None)
+    assert wide.context4.out_channels == 96 if fine else wide.context4 is None
     x = torch.rand(1, 1, 64, 96)
     with torch.no_grad():
         (s0, maps0), (s1, maps1) = plain(x), wide(x)

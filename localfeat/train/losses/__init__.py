@@ -18,11 +18,12 @@ from .d2net import D2NetLoss
 from .disk import DiskLoss
 from .distill import DistillLoss
 from .distinctiveness import DistinctivenessLoss
+from .nre import NRELoss
 from .reliability import HardestTripletLoss, ReliabilityLoss
 from .repeatability import RepeatabilityLoss
 
 LOSSES: dict[str, type] = {cls.name: cls for cls in (
-    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss, DistillLoss)}
+    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss, DistillLoss, NRELoss)}
 
 
 def get_loss_class(name: str) -> type:

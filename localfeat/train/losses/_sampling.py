@@ -52,14 +52,12 @@ def _offsets(r_min2: float, r_max2: float, radius: int, device) -> tuple[torch.T
     return dy[keep], dx[keep]
 
 
-def sample_pixels(flow: torch.Tensor, valid: torch.Tensor, conf: dict) -> PixelSamples:
-    """Sample queries, positives and negatives from a map-resolution flow (B, h, w, 2) / valid (B, h, w).
-
-    conf holds the keys of SAMPLER_DEFAULTS. Random grid offsets come from torch's global generator.
-    """
+def grid_queries(valid: torch.Tensor, step: int, border: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query pixels of image 0: a grid of step `step` (one random offset from torch's global generator),
+    at least `border` from the edge (no border on crops too small for one), where valid (B, h, w) holds.
+    Returns batch index b, row qy, column qx (each (N,) int64)."""
     bsz, h, w = valid.shape
-    dev = flow.device
-    step, border = int(conf["subq"]), int(conf["border"])
+    dev = valid.device
     if min(h, w) <= 2 * border + step:  # tiny crops: no border
         border = 0
     oy, ox = (int(v) for v in torch.randint(0, step, (2,)))
@@ -70,7 +68,17 @@ def sample_pixels(flow: torch.Tensor, valid: torch.Tensor, conf: dict) -> PixelS
     b = torch.arange(bsz, device=dev).repeat_interleave(len(gy))
     qy, qx = gy.repeat(bsz), gx.repeat(bsz)
     ok = valid[b, qy, qx]
-    b, qy, qx = b[ok], qy[ok], qx[ok]
+    return b[ok], qy[ok], qx[ok]
+
+
+def sample_pixels(flow: torch.Tensor, valid: torch.Tensor, conf: dict) -> PixelSamples:
+    """Sample queries, positives and negatives from a map-resolution flow (B, h, w, 2) / valid (B, h, w).
+
+    conf holds the keys of SAMPLER_DEFAULTS. Random grid offsets come from torch's global generator.
+    """
+    bsz, h, w = valid.shape
+    dev = flow.device
+    b, qy, qx = grid_queries(valid, int(conf["subq"]), int(conf["border"]))
     t = flow[b, qy, qx]
     tx = t[:, 0].round().long().clamp(0, w - 1)
     ty = t[:, 1].round().long().clamp(0, h - 1)
