@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ...registry import ConfigError
-from ._base import Loss, flow_at_map
+from ._base import Loss, flow_at_map, positive_int
 from ._sampling import gather, grid_queries
 
 _OUTSIDE = -1e4  # logit of a window pixel outside image 1: exp() underflows to 0, log-softmax stays finite
@@ -77,8 +77,7 @@ class NRELoss(Loss):
 
     def __init__(self, **conf):
         super().__init__(**conf)
-        if isinstance(self.conf["radius"], bool) or not isinstance(self.conf["radius"], int) or self.conf["radius"] < 1:
-            raise ConfigError(f"loss 'nre': radius must be an integer >= 1 (map pixels), got {self.conf['radius']!r}")
+        positive_int(self.conf, "radius", "loss 'nre'")
         if not float(self.conf["temperature"]) > 0:
             raise ConfigError(f"loss 'nre': temperature must be > 0, got {self.conf['temperature']!r}")
 
