@@ -70,23 +70,50 @@ def list_presets() -> dict[str, str]:
     return out
 
 
-def read_config_source(source: str | os.PathLike) -> dict:
-    """A preset name (see `list_presets`) or a YAML file -> dict."""
+def read_config_source(source: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """A preset name (see `list_presets`) or a YAML file -> dict.
+
+    A config may name another in `base:` (a preset name, or a YAML file relative to the file that names
+    it): the base is read first (recursively) and this config's keys are merged into it, mappings key by
+    key (so `losses: {nre: {...}}` adds a loss and `data: {pool: 8000}` changes one data key), any other
+    value replacing the base's.
+    """
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"--config {source}: no such file")
-        text = path.read_text()
+        text, key = path.read_text(), str(path.resolve())
     else:
         entry = resources.files("localfeat.train").joinpath("presets", f"{source}.yaml")
         if not entry.is_file():
             raise ConfigError(f"--config {source!r} is neither a YAML file nor a preset; "
                               f"presets: {sorted(list_presets())}")
-        text = entry.read_text()
+        text, key = entry.read_text(), f"preset:{source}"
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{source}: base must be a preset name or a YAML file, got {base!r}")
+    if key in _seen:
+        raise ConfigError(f"{source}: base configs form a cycle: {' -> '.join(_seen + (key,))}")
+    if (base.endswith((".yaml", ".yml")) and not Path(base).is_absolute()
+            and not key.startswith("preset:")):
+        base = str(path.parent / base)
+    return merge_mappings(read_config_source(base, _seen + (key,)), data)
+
+
+def merge_mappings(base: dict, update: dict) -> dict:
+    """`update` merged into a copy of `base`: mappings key by key (recursively), other values replaced."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_mappings(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def merge_strict(defaults: dict, conf: dict, where: str) -> dict:

@@ -58,6 +58,40 @@ def test_config_is_strict():
         resolve_config("no_such_preset")
 
 
+def test_base_config_is_merged_key_by_key(tmp_path):
+    lite = resolve_config("lite")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: lite\nseed: 9\ndata: {pool: 800}\nlosses:\n  nre: {weight: 0.5}\n  ap: {subq: 8}\n")
+    conf = resolve_config(str(child))
+    assert conf["seed"] == 9 and conf["data"]["pool"] == 800
+    assert conf["data"]["crop_size"] == lite["data"]["crop_size"] == 192           # kept from the base
+    assert conf["losses"]["nre"] == {"weight": 0.5}                                # added
+    assert conf["losses"]["ap"] == {**lite["losses"]["ap"], "subq": 8}             # one key changed
+    assert conf["losses"]["distill"] == lite["losses"]["distill"]                  # untouched
+    grandchild = tmp_path / "sub" / "grandchild.yaml"                              # a file base, relative
+    grandchild.parent.mkdir()
+    grandchild.write_text("base: ../child.yaml\nsteps: 7\n")
+    assert resolve_config(str(grandchild)) == {**conf, "steps": 7}
+    # the stage presets derive from `lite`: stage 11 is lite with its own changes and nothing else
+    nre3 = resolve_config("lite_nre3")
+    assert nre3["data"] == lite["data"] and nre3["losses"]["ap"] == lite["losses"]["ap"]
+    assert nre3["model"]["dim"] == 96 and nre3["optimizer"]["lr"] == 0.00025 and nre3["scheduler"]["name"] == "cosine"
+
+
+def test_base_config_errors(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        resolve_config(str(a))
+    a.write_text("base: [lite]\n")
+    with pytest.raises(ConfigError, match="base must be a preset name"):
+        resolve_config(str(a))
+    a.write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: no such file"):
+        resolve_config(str(a))
+
+
 def test_cli_list_and_unknown_key(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-m", "localfeat.cli", "train", "--list"], capture_output=True, text=True,
