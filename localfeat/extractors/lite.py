@@ -1,7 +1,7 @@
 """lite: localfeat's own small learned extractor, trained by `localfeat train --config lite`, shipped in the
 package (weights under the project's licence, no lookup or download) and the default learned model.
 
-Network (`LiteNet`, 0.41 M parameters as shipped, grayscale input). No layer runs at full resolution: on a CPU a
+Network (`LiteNet`, 0.38 M parameters as shipped, grayscale input). No layer runs at full resolution: on a CPU a
 convolution over a few channels at full resolution costs more than the whole 1/8 trunk (memory bound).
 
     gray (B, 1, H, W) in [0, 1] -> InstanceNorm -> x
