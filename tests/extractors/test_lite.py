@@ -259,3 +259,16 @@ def test_widening_keeps_the_score_map_and_the_descriptors_direction(tmp_path, fi
         lite.train_build({"dim": 64, "weights": str(path), "context": None})
     with pytest.raises(ValueError, match="below"):
         wide.widen(32)
+
+
+def test_shipped_recipe_preset_resolves_to_the_config_of_the_shipped_run():
+    # docs/figures/lite_scratch_config.yaml is the run directory's config.yaml of the training that made
+    # localfeat/weights/lite.pt; the preset must still resolve to it, key for key.
+    import yaml
+
+    from localfeat.train import resolve_config
+
+    run_config = yaml.safe_load((REPO / "docs" / "figures" / "lite_scratch_config.yaml").read_text())
+    assert resolve_config("lite_scratch") == run_config
+    assert run_config["model"] == {"name": "lite", "dim": 96, "weights": None, "context": True, "fine": None,
+                                   "context4": None}
