@@ -35,8 +35,8 @@ refinement). The input is replicate-padded to a multiple of 16 and the maps crop
 
 Training (see docs/lite.md): the `lite_scratch` preset distils ALIKED-n16's score map and the similarity
 structure of its descriptors (`losses.distill`) and adds R2D2's AP loss and ALIKE's neural reprojection error
-in a window (`losses.nre`) on homography pairs of real photos. `train_*` below are what the trainer needs: build the net, its dense outputs, save it in the
-format this extractor loads.
+in a window (`losses.nre`) on homography pairs of real photos. `train_*` below are what the trainer needs:
+build the net, its dense outputs, save it in the format this extractor loads.
 """
 from __future__ import annotations
 

@@ -82,13 +82,13 @@ def read_config_source(source: str | os.PathLike, _seen: tuple = ()) -> dict:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"--config {source}: no such file")
-        text, key = path.read_text(), str(path.resolve())
+        text, key, folder = path.read_text(), str(path.resolve()), path.parent
     else:
         entry = resources.files("localfeat.train").joinpath("presets", f"{source}.yaml")
         if not entry.is_file():
             raise ConfigError(f"--config {source!r} is neither a YAML file nor a preset; "
                               f"presets: {sorted(list_presets())}")
-        text, key = entry.read_text(), f"preset:{source}"
+        text, key, folder = entry.read_text(), f"preset:{source}", None   # a preset's base is a preset
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
@@ -99,9 +99,8 @@ def read_config_source(source: str | os.PathLike, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{source}: base must be a preset name or a YAML file, got {base!r}")
     if key in _seen:
         raise ConfigError(f"{source}: base configs form a cycle: {' -> '.join(_seen + (key,))}")
-    if (base.endswith((".yaml", ".yml")) and not Path(base).is_absolute()
-            and not key.startswith("preset:")):
-        base = str(path.parent / base)
+    if folder is not None and base.endswith((".yaml", ".yml")) and not Path(base).is_absolute():
+        base = str(folder / base)
     return merge_mappings(read_config_source(base, _seen + (key,)), data)
 
 
