@@ -125,6 +125,32 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     return F.normalize(x, p=2, dim=dim, eps=eps)
 
 
+class _NormalizeMap(torch.autograd.Function):
+    """y = x / max(||x||, eps) along dim 1, with the gradient written out: (g - y <g, y>) / max(||x||, eps)
+    (g / eps where the norm is clamped). Autograd's graph of `F.normalize` keeps the norm, its expansion and the
+    quotient's two gradients: about twice the passes over a large map."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        denom = norm.clamp_min(eps)
+        y = x / denom
+        ctx.save_for_backward(y, denom, norm > eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, denom, unclamped = ctx.saved_tensors
+        inner = (grad * y).sum(1, keepdim=True).masked_fill_(~unclamped, 0)
+        return torch.addcmul(grad, y, inner, value=-1).div_(denom), None
+
+
+def l2_normalize_map(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """`l2_normalize(x, dim=1)` of a dense map (B, D, H, W), same values, for maps that training
+    differentiates: the backward is written out (`_NormalizeMap`), 2x fewer passes over the map."""
+    return _NormalizeMap.apply(x, eps)
+
+
 def argmax_pool_nms(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Boolean mask (same shape as `scores`, (B, H, W) or (B, 1, H, W)) of window maxima, ties resolved.
 

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from ..checkpoints import load_strict, state_dict_from_file
 from ..config import ConfigError
 from ..io.atomic import torch_save_atomic
-from ..ops import fold_batchnorm, image_to_tensor, l2_normalize, sample_at_pixels
+from ..ops import fold_batchnorm, image_to_tensor, l2_normalize, l2_normalize_map, sample_at_pixels
 from ..types import Features
 from ._dkd import detect_keypoints
 from .base import Extractor
@@ -225,10 +225,13 @@ class LiteNet(nn.Module):
         f2, f4, g8 = maps
         size = (f4.shape[-2] * 4, f4.shape[-1] * 4)
         d4 = self.desc4(f4) if self.context4 is None else self.desc4(f4) + self.context4(f4)
-        desc = _upsample(d4, size) + _upsample(g8, size)
+        # Channels-last: the upsampling and the normalisation run over contiguous D-vectors, and the losses'
+        # gathers (`train.losses._sampling.gather`) read whole pixels (the map's layout only, not its values).
+        last = torch.channels_last
+        desc = _upsample(d4.contiguous(memory_format=last), size) + _upsample(g8.contiguous(memory_format=last), size)
         if self.fine2 is not None:
-            desc = desc + _upsample(self.fine2(f2), size)
-        return l2_normalize(desc, dim=1)
+            desc = desc + _upsample(self.fine2(f2).contiguous(memory_format=last), size)
+        return l2_normalize_map(desc)
 
     def fold_batchnorm(self) -> "LiteNet":
         """Fold every eval-mode BatchNorm into its conv (inference only; same outputs up to rounding)."""

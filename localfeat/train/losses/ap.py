@@ -114,10 +114,18 @@ def pixel_ap(out0: dict, out1: dict, batch: dict, conf: dict):
         return desc0.new_zeros(0), s
     sim = conf["similarity"]
     q = gather(desc0, s.b, s.qy, s.qx)                                    # N x D
-    pos = rowwise_similarity(sim, q, gather(desc1, s.b[:, None], s.pos_y, s.pos_x))
+    # One gather from image 1's map for positives, ring and distractors: each gather's backward fills a
+    # map-sized gradient.
+    n, p_, r_ = len(s.b), s.pos_y.shape[1], s.ring_y.shape[1]
+    b1 = torch.cat([s.b.repeat_interleave(p_), s.b.repeat_interleave(r_), s.dis_b])
+    y1 = torch.cat([s.pos_y.reshape(-1), s.ring_y.reshape(-1), s.dis_y])
+    x1 = torch.cat([s.pos_x.reshape(-1), s.ring_x.reshape(-1), s.dis_x])
+    d1 = gather(desc1, b1, y1, x1)
+    pos_d, ring_d, dis_d = d1[:n * p_].view(n, p_, -1), d1[n * p_:n * (p_ + r_)].view(n, r_, -1), d1[n * (p_ + r_):]
+    pos = rowwise_similarity(sim, q, pos_d)
     pos = torch.where(s.pos_valid, pos, torch.full_like(pos, -1e4)).max(dim=1, keepdim=True).values
-    ring = rowwise_similarity(sim, q, gather(desc1, s.b[:, None], s.ring_y, s.ring_x))
-    dis = pairwise_similarity(sim, q, gather(desc1, s.dis_b, s.dis_y, s.dis_x))
+    ring = rowwise_similarity(sim, q, ring_d)
+    dis = pairwise_similarity(sim, q, dis_d)
     scores = torch.cat([pos, ring, dis], dim=1)
     labels = torch.zeros_like(scores, dtype=torch.bool)
     labels[:, 0] = True

@@ -243,14 +243,15 @@ class DistillLoss(Loss):
             pc = p.clamp(_CLAMP, 1 - _CLAMP)
             terms["detection"] = F.binary_cross_entropy(pc, t_scores.clamp(0, 1))
         if c["descriptors"] or c["cosine"]:
-            d = torch.cat([out0["descriptors"], out1["descriptors"]])
             b = len(batch["image0"])
             k = min(int(c["num_points"]), p.shape[-1] * p.shape[-2] // 16)
             xy = student_points(p, k, int(c["nms"]))                       # (2B, K, 2)
             if c["grid_points"]:
                 extra = random_grid_points(len(p), p.shape[-2], p.shape[-1], int(c["grid_points"]), int(c["grid"]))
                 xy = torch.cat([xy, extra.to(xy.device)], dim=1)             # (2B, K + n, 2)
-            s = l2_normalize(sample_at_pixels(d, xy), dim=-1)                      # (2B, K, D)
+            # Each image's map sampled on its own: concatenating the two dense maps would copy them.
+            s = l2_normalize(torch.cat([sample_at_pixels(out0["descriptors"], xy[:b]),
+                                        sample_at_pixels(out1["descriptors"], xy[b:])]), dim=-1)  # (2B, K, D)
             t = l2_normalize(sample_at_pixels(t_desc, xy, int(c["grid"])), dim=-1)  # (2B, K, Dt)
             if c["descriptors"]:
                 pair_s = torch.cat([s[:b], s[b:]], dim=1)                  # (B, 2K, D): both images of a pair

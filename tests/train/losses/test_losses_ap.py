@@ -155,3 +155,35 @@ def test_ap_loss_config_is_strict():
         APLoss(similarity="hamming")
     with pytest.raises(ConfigError, match="unknown loss 'apl'"):
         build_loss({"apl": 1.0})
+
+
+def test_ap_loss_in_a_batch_reads_each_pairs_own_image():
+    """Three pairs with different maps, image 1 = image 0: every query's positive is itself (AP 1), so a
+    positive, ring or distractor read from another pair's image would show. pixel_ap also equals the AP
+    assembled from one gather per part (positives, ring, distractors)."""
+    from localfeat.train.losses._sampling import gather, sample_pixels
+    from localfeat.train.losses.ap import AP_DEFAULTS, pixel_ap
+
+    g = torch.Generator().manual_seed(3)
+    desc = torch.nn.functional.normalize(torch.randn(3, 8, 32, 32, generator=g), dim=1)
+    _, one = _identity_pair()
+    batch = {"flow": one["flow"].expand(3, -1, -1, -1), "valid": one["valid"].expand(3, -1, -1)}
+    conf = {**AP_DEFAULTS, "border": 4}
+    torch.manual_seed(0)
+    ap, s = pixel_ap({"descriptors": desc}, {"descriptors": desc}, batch, conf)
+    assert len(ap) == 3 * len(s.b[s.b == 0]) and ap.min().item() == pytest.approx(1.0, abs=1e-6)
+
+    other = torch.nn.functional.normalize(torch.randn(3, 8, 32, 32, generator=g), dim=1)
+    torch.manual_seed(0)
+    ap, s = pixel_ap({"descriptors": desc}, {"descriptors": other}, batch, conf)
+    q = gather(desc, s.b, s.qy, s.qx)
+    pos = rowwise_similarity("cosine", q, gather(other, s.b[:, None], s.pos_y, s.pos_x))
+    pos = torch.where(s.pos_valid, pos, torch.full_like(pos, -1e4)).max(dim=1, keepdim=True).values
+    ring = rowwise_similarity("cosine", q, gather(other, s.b[:, None], s.ring_y, s.ring_x))
+    dis = pairwise_similarity("cosine", q, gather(other, s.dis_b, s.dis_y, s.dis_x))
+    scores = torch.cat([pos, ring, dis], dim=1)
+    labels = torch.zeros_like(scores, dtype=torch.bool)
+    labels[:, 0] = True
+    mask = torch.cat([torch.ones_like(pos, dtype=torch.bool), s.ring_valid, s.far], dim=1)
+    assert torch.allclose(ap, quantized_ap(scores, labels, conf["nq"], mask=mask), atol=1e-6)
+    assert ap.max().item() < 0.99
