@@ -1,5 +1,6 @@
-"""lite: localfeat's own small learned extractor, trained by `localfeat train --config lite_scratch`, shipped in the
-package (weights under the project's licence, no lookup or download) and the default learned model.
+"""lite: localfeat's own small learned extractor, trained by `localfeat train` (presets `lite_scratch`, then
+`lite_scratch_nre`), shipped in the package (weights under the project's licence, no lookup or download) and the
+default learned model.
 
 Network (`LiteNet`, 0.38 M parameters as shipped, grayscale input). No layer runs at full resolution: on a CPU a
 convolution over a few channels at full resolution costs more than the whole 1/8 trunk (memory bound).
@@ -33,10 +34,11 @@ Keypoints: ALIKE's DKD on the score map (`_dkd.detect_keypoints`: iterative NMS 
 border, the `max_keypoints` best or the peaks above `detection_threshold`, soft-argmax sub-pixel
 refinement). The input is replicate-padded to a multiple of 16 and the maps cropped back.
 
-Training (see docs/lite.md): the `lite_scratch` preset distils ALIKED-n16's score map and the similarity
-structure of its descriptors (`losses.distill`) and adds R2D2's AP loss and ALIKE's neural reprojection error
-in a window (`losses.nre`) on homography pairs of real photos. `train_*` below are what the trainer needs:
-build the net, its dense outputs, save it in the format this extractor loads.
+Training (see docs/lite.md): the `lite_scratch` preset (then `lite_scratch_nre`, the NRE at twice the weight)
+distils ALIKED-n16's score map and the similarity structure of its descriptors (`losses.distill`) and adds R2D2's
+AP loss and ALIKE's neural reprojection error in a window (`losses.nre`) on homography pairs of real photos.
+`train_*` below are what the trainer needs: build the net, its dense outputs, save it in the format this extractor
+loads.
 """
 from __future__ import annotations
 
