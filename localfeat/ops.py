@@ -132,7 +132,9 @@ class _NormalizeMap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        # A float16/bfloat16 map (CUDA autocast) is normalised in float32, as autocast runs F.normalize's norm.
+        low = x.dtype in (torch.float16, torch.bfloat16)
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32 if low else None)
         denom = norm.clamp_min(eps)
         y = x / denom
         ctx.save_for_backward(y, denom, norm > eps)

@@ -29,3 +29,16 @@ def test_l2_normalize_map_equals_f_normalize_values_and_gradients():
 def test_l2_normalize_map_gradcheck():
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     assert torch.autograd.gradcheck(l2_normalize_map, (x,))
+
+
+def test_l2_normalize_map_of_a_half_precision_map_runs_in_float32():
+    # Under CUDA autocast the map is float16: normalised in float32 (as autocast runs F.normalize's norm), the
+    # gradient handed back in the map's dtype.
+    x = torch.randn(1, 6, 4, 5, generator=torch.Generator().manual_seed(2))
+    for dtype in (torch.float16, torch.bfloat16):
+        a = x.to(dtype).requires_grad_()
+        y = l2_normalize_map(a)
+        assert y.dtype == torch.float32
+        assert torch.allclose(y, F.normalize(x.to(dtype).float(), dim=1), atol=1e-6)
+        y.sum().backward()
+        assert a.grad.dtype == dtype and torch.isfinite(a.grad.float()).all()
