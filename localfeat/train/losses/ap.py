@@ -116,12 +116,11 @@ def pixel_ap(out0: dict, out1: dict, batch: dict, conf: dict):
     q = gather(desc0, s.b, s.qy, s.qx)                                    # N x D
     # One gather from image 1's map for positives, ring and distractors: each gather's backward fills a
     # map-sized gradient.
-    n, p_, r_ = len(s.b), s.pos_y.shape[1], s.ring_y.shape[1]
-    b1 = torch.cat([s.b.repeat_interleave(p_), s.b.repeat_interleave(r_), s.dis_b])
-    y1 = torch.cat([s.pos_y.reshape(-1), s.ring_y.reshape(-1), s.dis_y])
-    x1 = torch.cat([s.pos_x.reshape(-1), s.ring_x.reshape(-1), s.dis_x])
-    d1 = gather(desc1, b1, y1, x1)
-    pos_d, ring_d, dis_d = d1[:n * p_].view(n, p_, -1), d1[n * p_:n * (p_ + r_)].view(n, r_, -1), d1[n * (p_ + r_):]
+    near_y, near_x = torch.cat([s.pos_y, s.ring_y], 1), torch.cat([s.pos_x, s.ring_x], 1)   # N x (P + R)
+    d1 = gather(desc1, torch.cat([s.b[:, None].expand_as(near_y).reshape(-1), s.dis_b]),
+                torch.cat([near_y.reshape(-1), s.dis_y]), torch.cat([near_x.reshape(-1), s.dis_x]))
+    near_d, dis_d = d1[:near_y.numel()].view(*near_y.shape, -1), d1[near_y.numel():]
+    pos_d, ring_d = near_d.split([s.pos_y.shape[1], s.ring_y.shape[1]], dim=1)
     pos = rowwise_similarity(sim, q, pos_d)
     pos = torch.where(s.pos_valid, pos, torch.full_like(pos, -1e4)).max(dim=1, keepdim=True).values
     ring = rowwise_similarity(sim, q, ring_d)
