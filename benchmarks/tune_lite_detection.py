@@ -8,6 +8,10 @@ D2-Net protocol; the table gives MMA@1/3/5 of the viewpoint sequences and of all
 setting with the highest mean MMA over the thresholds 1..5 px of all sequences (MMA@3 alone ties across
 temperatures: the refinement moves points by less than a pixel).
 
+A second held-out set, used to confirm a choice between trained weights: the ten PhotoTourism photos of
+ALIKED's demo and the four photos of LightGlue's examples, neither in the training set nor in hpatches_subset
+(`--photos ../shared/data/phototourism_aliked ../shared/data/pairs_lightglue`, 28 sequences).
+
     python benchmarks/tune_lite_detection.py                       # the table of docs/lite.md
     python benchmarks/tune_lite_detection.py --weights runs/lite_ft/weights.pt --radii 1 2 --temperatures 0.02 0.1
 """
@@ -30,7 +34,8 @@ from localfeat.eval.hpatches import EvalSettings, ExtractorSource, evaluate_hpat
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--photos", default=str(DATA / "sfm_sacre_coeur_hloc" / "mapping"))
+    p.add_argument("--photos", nargs="+", default=[str(DATA / "sfm_sacre_coeur_hloc" / "mapping")],
+                   help="folders (globs, list files) of held-out photos; default: hloc's Sacre Coeur photos")
     p.add_argument("--weights", default=None, help="lite weights file (default: the packaged weights)")
     p.add_argument("--radii", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
@@ -50,7 +55,7 @@ def main() -> int:
     sources = [ExtractorSource(f"lite:nms_radius={r},subpixel_temperature={t}{weights}",
                                conf={"max_keypoints": args.keypoints}) for r, t in grid]
     res = evaluate_hpatches(root, sources, out / "eval", EvalSettings(top_k=args.keypoints), exclude=(), plot=False)
-    print(f"\nlite detection settings on {root} (synthetic sequences of {args.photos}), {args.keypoints} keypoints\n")
+    print(f"\nlite detection settings on {root} (synthetic sequences of {', '.join(args.photos)}), {args.keypoints} keypoints\n")
     print("| nms_radius | subpixel_temperature | MMA@1/3/5 viewpoint | MMA@1/3/5 all |")
     print("|---|---|---|---|")
     best = None

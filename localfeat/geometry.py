@@ -198,3 +198,30 @@ def unproject(pixels: np.ndarray, depth: np.ndarray, K: np.ndarray, T_cam_from_w
 def relative_pose(T0: np.ndarray, T1: np.ndarray) -> np.ndarray:
     """T_0to1 (4, 4) = T1 inv(T0) from two cam_from_world poses: X_cam1 = T_0to1 X_cam0."""
     return np.asarray(T1, np.float64) @ np.linalg.inv(np.asarray(T0, np.float64))
+
+
+def epipolar_distances(points0, points1, K0: np.ndarray, K1: np.ndarray, T_0to1: np.ndarray) -> np.ndarray:
+    """Epipolar error (M,) in pixels of point correspondences (M, 2) in two calibrated images.
+
+    With F = K1^-T [t]x R K0^-1 from T_0to1 = [R | t] (X_cam1 = R X_cam0 + t), the distance of points1 to
+    their epipolar lines F x0 in image 1 and of points0 to F^T x1 in image 0; the larger of the two is
+    returned (a correspondence is within d pixels when both points are). A pure rotation (t = 0) has no
+    epipolar geometry: an error.
+    """
+    p0, p1 = _as_points(points0, "points0"), _as_points(points1, "points1")
+    if len(p0) != len(p1):
+        raise ValueError(f"points0 and points1 must have the same length, got {len(p0)} and {len(p1)}")
+    T = np.asarray(T_0to1, np.float64)
+    R, t = T[:3, :3], T[:3, 3]
+    if not np.linalg.norm(t) > 0:
+        raise ValueError("epipolar_distances: T_0to1 has no translation, so no epipolar geometry")
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    F = np.linalg.inv(np.asarray(K1, np.float64)).T @ tx @ R @ np.linalg.inv(np.asarray(K0, np.float64))
+    h0 = np.concatenate([p0, np.ones((len(p0), 1))], 1)
+    h1 = np.concatenate([p1, np.ones((len(p1), 1))], 1)
+    lines1, lines0 = h0 @ F.T, h1 @ F          # lines in image 1 (of points0) and in image 0 (of points1)
+    num = np.abs(np.sum(h1 * lines1, 1))       # = |x1^T F x0|, the same for both lines
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d1 = num / np.linalg.norm(lines1[:, :2], axis=1)
+        d0 = num / np.linalg.norm(lines0[:, :2], axis=1)
+    return np.maximum(d0, d1)

@@ -152,13 +152,14 @@ def _write_homography(path: Path, H: np.ndarray) -> None:
     write_text_atomic(path, "\n".join(" ".join(f"{v:.17g}" for v in row) for row in H) + "\n")
 
 
-def generate(out_dir, n_sequences: int = 10, seed: int = 0, photos: Optional[str | Path] = None,
+def generate(out_dir, n_sequences: int = 10, seed: int = 0, photos=None,
              image_max_size: int = 640, conf: SynthConfig = SynthConfig()) -> list[str]:
     """Write `n_sequences` synthetic sequences (alternately i_ and v_) into `out_dir`; returns their names.
 
-    photos: a folder of photos (default: scikit-image's bundled photos); each photo gives one i_
-    and one v_ sequence, reused with new random parameters (suffix _2, _3, ...) when more
-    sequences are asked than photos exist. image_max_size: max(W, H) of the images written.
+    photos: a folder of photos, a glob, a list file or a list of those (`list_photos`; default:
+    scikit-image's bundled photos); each photo gives one i_ and one v_ sequence, named after the photo
+    (`_photo_labels`: the folder's name is prefixed where two photos share a name), reused with new
+    random parameters (suffix _2, _3, ...) when more sequences are asked than photos exist. image_max_size: max(W, H) of the images written.
     A description of every sequence (photo, parameters) is written to ``out_dir/synth.json``.
     """
     from ..io.images import read_image
@@ -170,14 +171,17 @@ def generate(out_dir, n_sequences: int = 10, seed: int = 0, photos: Optional[str
         raise FileNotFoundError(f"no photos found in {photos}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    labels = _photo_labels(sources)
     names, description = [], {"seed": seed, "config": conf.__dict__, "image_max_size": image_max_size,
-                              "photos": photos and str(photos) or "scikit-image bundled photos",
+                              "photos": ("scikit-image bundled photos" if photos is None
+                                         else str(photos) if isinstance(photos, (str, Path))
+                                         else [str(p) for p in photos]),
                               "sequences": {}}
     for idx in range(n_sequences):
         kind = "i" if idx % 2 == 0 else "v"
-        src = sources[(idx // 2) % len(sources)]
+        src, label = sources[(idx // 2) % len(sources)], labels[(idx // 2) % len(sources)]
         repeat = idx // (2 * len(sources))
-        name = f"{kind}_{_slug(src.stem)}" + (f"_{repeat + 1}" if repeat else "")
+        name = f"{kind}_{label}" + (f"_{repeat + 1}" if repeat else "")
         rng = np.random.default_rng([seed, idx])
         photo = read_image(src, "rgb")
         ph, pw = photo.shape[:2]
@@ -234,6 +238,21 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def _photo_labels(sources: list[Path]) -> list[str]:
+    """One distinct sequence label per photo: its slugged stem, prefixed by its folder's name where stems clash
+    (two scenes' 1.jpg: "piazzasanmarco1", "stpaulscathedral1"), then numbered if they still clash."""
+    stems = [_slug(src.stem) for src in sources]
+    labels, taken = [], set()
+    for src, stem in zip(sources, stems):
+        label = stem if stems.count(stem) == 1 else _slug(src.parent.name) + stem
+        base, k = label, 2
+        while label in taken:
+            label, k = f"{base}{k}", k + 1
+        taken.add(label)
+        labels.append(label)
+    return labels
 
 
 def _slug(text: str) -> str:

@@ -119,3 +119,22 @@ def test_bad_arguments(tmp_path):
         generate(tmp_path, n_sequences=0)
     with pytest.raises(FileNotFoundError):
         generate(tmp_path / "o", n_sequences=1, photos=tmp_path / "missing")
+
+
+def test_photos_of_the_same_name_in_two_folders_give_two_sequences(tmp_path):
+    """Two scenes' 1.jpg (PhotoTourism's layout) once wrote to the same folder, the second overwriting the
+    first: each photo now gets its own sequences, named after its folder."""
+    rng = np.random.default_rng(0)
+    for scene in ("piazza", "st_pauls"):
+        (tmp_path / scene).mkdir()
+        photo = cv2.GaussianBlur(rng.integers(0, 256, (160, 200, 3), dtype=np.uint8), (0, 0), 2)
+        cv2.imwrite(str(tmp_path / scene / "1.jpg"), photo)
+    names = generate(tmp_path / "out", n_sequences=4, seed=0, image_max_size=120,
+                     photos=[tmp_path / "piazza", tmp_path / "st_pauls"])
+    assert names == ["i_piazza1", "v_piazza1", "i_stpauls1", "v_stpauls1"]
+    described = json.loads((tmp_path / "out" / "synth.json").read_text())
+    assert sorted(described["sequences"]) == sorted(names)
+    assert described["photos"] == [str(tmp_path / "piazza"), str(tmp_path / "st_pauls")]
+    first = cv2.imread(str(tmp_path / "out" / "v_piazza1" / "1.ppm"))
+    second = cv2.imread(str(tmp_path / "out" / "v_stpauls1" / "1.ppm"))
+    assert first.shape == second.shape and np.abs(first.astype(int) - second.astype(int)).mean() > 10
