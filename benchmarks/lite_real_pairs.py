@@ -39,7 +39,7 @@ os.environ.setdefault("LOCALFEAT_WEIGHTS", os.pathsep.join(str(p) for p in sorte
 from localfeat.datasets.colmap_scenes import ColmapScenes, build_scene  # noqa: E402
 from localfeat.eval.metrics import mutual_nn_matches  # noqa: E402
 from localfeat.eval.pose import estimate_relative_pose, pose_auc, relative_pose_error  # noqa: E402
-from localfeat.geometry import epipolar_distances  # noqa: E402
+from localfeat.geometry import epipolar_distances, relative_pose  # noqa: E402
 from localfeat.config import parse_model_spec  # noqa: E402
 from localfeat.registry import load_extractor  # noqa: E402
 from localfeat.sfm import reconstruct  # noqa: E402
@@ -107,7 +107,7 @@ def main() -> int:
             f0, f1 = feats[(scene, i)], feats[(scene, j)]
             m = mutual_nn_matches(f0.descriptors, f1.descriptors)
             kp0, kp1 = f0.keypoints[m[:, 0]], f1.keypoints[m[:, 1]]
-            T_0to1 = T1 @ np.linalg.inv(T0)
+            T_0to1 = relative_pose(T0, T1)
             d = epipolar_distances(kp0, kp1, K0, K1, T_0to1)
             precision.append([(d <= t).mean() if len(d) else 0.0 for t in range(1, 6)])
             counts.append(len(m))
