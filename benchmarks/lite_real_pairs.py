@@ -1,12 +1,12 @@
-"""Held-out REAL image pairs for choosing between trained lite weights (or comparing models): epipolar precision and pose AUC.
+"""Held-out REAL image pairs for choosing between lite weights or comparing models: epipolar precision, pose AUC.
 
 The synthetic held-out sequences (tune_lite_detection.py) warp one photo by a homography: no new lighting, no
 parallax, no other camera. This benchmark scores real pairs instead: the photos of three landmark scenes that
 are neither in lite's training set nor in hpatches_subset (hloc's ten Sacre Coeur photos and the two
 five-photo PhotoTourism scenes of ALIKED's demo), posed by a SIFT reconstruction (`localfeat.sfm.reconstruct`,
-4,096 keypoints at a longer side of 1,600, seed 0, one COLMAP thread; built once and kept in OUTPUT) and undistorted by `build_scene`. Every covisible
-pair of a scene (`build_scene`'s rule: 20 shared 3D points, overlap 0.1) is matched at a longer side of 640
-(cv2 INTER_AREA, as bench_lite.py), 2,048 keypoints, mutual NN.
+4,096 keypoints at a longer side of 1,600, seed 0, one COLMAP thread; built once and kept in OUTPUT) and
+undistorted by `build_scene`. Every covisible pair of a scene (`build_scene`'s rule: 20 shared 3D points,
+overlap 0.1) is matched at a longer side of 640 (cv2 INTER_AREA, as bench_lite.py), 2,048 keypoints, mutual NN.
 
 - precision@1..5: the share of matches whose epipolar error (`geometry.epipolar_distances`, the larger of
   the two images' point-to-line distances, at 640) is within 1..5 px, averaged over the pairs; the table's

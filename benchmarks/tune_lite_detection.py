@@ -55,7 +55,8 @@ def main() -> int:
     sources = [ExtractorSource(f"lite:nms_radius={r},subpixel_temperature={t}{weights}",
                                conf={"max_keypoints": args.keypoints}) for r, t in grid]
     res = evaluate_hpatches(root, sources, out / "eval", EvalSettings(top_k=args.keypoints), exclude=(), plot=False)
-    print(f"\nlite detection settings on {root} (synthetic sequences of {', '.join(args.photos)}), {args.keypoints} keypoints\n")
+    print(f"\nlite detection settings on {root} (synthetic sequences of {', '.join(args.photos)}), "
+          f"{args.keypoints} keypoints\n")
     print("| nms_radius | subpixel_temperature | MMA@1/3/5 viewpoint | MMA@1/3/5 all |")
     print("|---|---|---|---|")
     best = None

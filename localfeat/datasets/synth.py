@@ -21,7 +21,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -159,7 +158,8 @@ def generate(out_dir, n_sequences: int = 10, seed: int = 0, photos=None,
     photos: a folder of photos, a glob, a list file or a list of those (`list_photos`; default:
     scikit-image's bundled photos); each photo gives one i_ and one v_ sequence, named after the photo
     (`_photo_labels`: the folder's name is prefixed where two photos share a name), reused with new
-    random parameters (suffix _2, _3, ...) when more sequences are asked than photos exist. image_max_size: max(W, H) of the images written.
+    random parameters (suffix _2, _3, ...) when more sequences are asked than photos exist.
+    image_max_size: max(W, H) of the images written.
     A description of every sequence (photo, parameters) is written to ``out_dir/synth.json``.
     """
     from ..io.images import read_image
