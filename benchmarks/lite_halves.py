@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -26,7 +25,7 @@ os.environ.setdefault("LOCALFEAT_WEIGHTS", os.pathsep.join(str(p) for p in sorte
 from localfeat.datasets.hpatches import HPatchesSequences  # noqa: E402
 from localfeat.eval.hpatches import EvalSettings, evaluate_pair  # noqa: E402
 from localfeat.extractors.lite import pad_to_multiple  # noqa: E402
-from localfeat.io.images import read_image  # noqa: E402
+from localfeat.io.images import read_image, resize_max  # noqa: E402
 from localfeat.ops import image_to_tensor, l2_normalize, sample_at_pixels  # noqa: E402
 from localfeat.registry import load_extractor  # noqa: E402
 from localfeat.types import Features  # noqa: E402
@@ -43,12 +42,6 @@ def main() -> int:
                           **({"weights": args.weights} if args.weights else {}))
     alike = load_extractor("alike", variant="alike-t", max_keypoints=2048, scores_th=None, device="cpu")
 
-    def resized(path, mode):
-        im = read_image(path, mode)
-        h, w = im.shape[:2]
-        s = 640 / max(h, w)
-        return cv2.resize(im, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA), (w, h)
-
     def lite_desc(im, xy):
         _, maps = lite.net(pad_to_multiple(image_to_tensor(im, "cpu")).contiguous(memory_format=torch.channels_last))
         return lite.net.describe(maps, torch.from_numpy(xy)[None])[0].numpy()
@@ -61,9 +54,11 @@ def main() -> int:
     with torch.inference_mode():
         for seq in sorted({q.sequence for q in ds.pairs()}):
             for k in range(1, 7):
-                gray, size = resized(ds.image_path(seq, k), "gray")
-                rgb, _ = resized(ds.image_path(seq, k), "rgb")
-                scale = np.array([size[0] / gray.shape[1], size[1] / gray.shape[0]])
+                full = read_image(ds.image_path(seq, k), "gray")
+                size = (full.shape[1], full.shape[0])
+                gray, factors = resize_max(full, 640)
+                rgb, _ = resize_max(read_image(ds.image_path(seq, k), "rgb"), 640)
+                scale = np.array(factors)
                 own = {"lite": lite.extract(gray), "ALIKE-t": alike.extract(rgb)}
                 for kname, f in own.items():
                     xy = f.keypoints.astype(np.float32)

@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -40,6 +39,7 @@ from localfeat.datasets.colmap_scenes import ColmapScenes, build_scene  # noqa: 
 from localfeat.eval.metrics import mutual_nn_matches  # noqa: E402
 from localfeat.eval.pose import estimate_relative_pose, pose_auc, relative_pose_error  # noqa: E402
 from localfeat.geometry import epipolar_distances, relative_pose  # noqa: E402
+from localfeat.io.images import resize_max  # noqa: E402
 from localfeat.config import parse_model_spec  # noqa: E402
 from localfeat.registry import load_extractor  # noqa: E402
 from localfeat.sfm import reconstruct  # noqa: E402
@@ -69,10 +69,8 @@ def build_dataset(out: Path) -> Path:
 
 def resized(image: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The image at a longer side of 640 and its K (pixel centres at integers: u' = (u + 0.5) s - 0.5)."""
-    h, w = image.shape[:2]
-    s = LONGER_SIDE / max(h, w)
-    small = cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-    sx, sy = small.shape[1] / w, small.shape[0] / h
+    small, (fx, fy) = resize_max(image, LONGER_SIDE)
+    sx, sy = 1 / fx, 1 / fy
     S = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
     return small, S @ K
 
