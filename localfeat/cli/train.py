@@ -30,8 +30,10 @@ def cmd_train(args) -> int:
 
 
 def register(sub, groups) -> None:
-    p = add_command(sub, "train", "train a dense detector/descriptor (R2D2, Fast-R2D2, ALIKE, DISK, D2-Net) "
-                    "with the losses of R2D2, D2-Net, DISK and the distinctiveness loss", EXAMPLE, cmd_train)
+    p = add_command(sub, "train", "train a dense detector/descriptor (lite, R2D2, Fast-R2D2, ALIKE, DISK, "
+                    "D2-Net) with the losses of R2D2 (AP, repeatability, reliability), D2-Net, DISK, ALIKE (NRE, "
+                    "keypoint reprojection), distinctiveness and distillation from a frozen teacher", EXAMPLE,
+                    cmd_train)
     p.add_argument("--config", help="a preset name (see --list) or a YAML file")
     p.add_argument("-o", "--output", help="RUN_DIR: config.yaml, metrics.csv, checkpoints/last.pt, weights.pt")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")

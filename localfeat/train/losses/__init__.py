@@ -21,9 +21,11 @@ from .distinctiveness import DistinctivenessLoss
 from .nre import NRELoss
 from .reliability import HardestTripletLoss, ReliabilityLoss
 from .repeatability import RepeatabilityLoss
+from .reprojection import ReprojectionLoss
 
 LOSSES: dict[str, type] = {cls.name: cls for cls in (
-    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss, DistillLoss, NRELoss)}
+    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss, DistillLoss,
+    NRELoss, ReprojectionLoss)}
 
 
 def get_loss_class(name: str) -> type:
