@@ -1,5 +1,5 @@
-"""lite: localfeat's own small learned extractor, trained by `localfeat train` (presets `lite_scratch`, then
-`lite_scratch_nre`), shipped in the package (weights under the project's licence, no lookup or download) and the
+"""lite: localfeat's own small learned extractor, trained by `localfeat train` (presets `lite_zoom`, then
+`lite_zoom_reproj`), shipped in the package (weights under the project's licence, no lookup or download) and the
 default learned model.
 
 Network (`LiteNet`, 0.38 M parameters as shipped, grayscale input). No layer runs at full resolution: on a CPU a
