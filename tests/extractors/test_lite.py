@@ -261,17 +261,20 @@ def test_widening_keeps_the_score_map_and_the_descriptors_direction(tmp_path, fi
         wide.widen(32)
 
 
-@pytest.mark.parametrize("preset, weights", [("lite_scratch", None),
-                                             ("lite_scratch_nre", "runs/lite_scratch/weights.pt")])
-def test_shipped_recipe_presets_resolve_to_the_configs_of_the_shipped_runs(preset, weights):
-    # docs/figures/<preset>_config.yaml is the run directory's config.yaml of each of the two trainings that made
-    # localfeat/weights/lite.pt (the second starts from the first's weights); the presets must still resolve to
-    # them, key for key.
+@pytest.mark.parametrize("preset, figure, weights", [
+    ("lite_zoom", "lite_zoom_scratch", None),                                   # the shipped file
+    ("lite_zoom_reproj", "lite_zoom_reproj", "runs/lite_zoom_scratch/weights.pt"),
+    ("lite_scratch", "lite_scratch", None),                                     # the file shipped before it
+    ("lite_scratch_nre", "lite_scratch_nre", "runs/lite_scratch/weights.pt")])
+def test_shipped_recipe_presets_resolve_to_the_configs_of_the_shipped_runs(preset, figure, weights):
+    # docs/figures/<figure>_config.yaml is the run directory's config.yaml of each of the two trainings that made
+    # localfeat/weights/lite.pt (the second starts from the first's weights), and of the two that made the file
+    # before it; the presets must still resolve to them, key for key.
     import yaml
 
     from localfeat.train import resolve_config
 
-    run_config = yaml.safe_load((REPO / "docs" / "figures" / f"{preset}_config.yaml").read_text())
+    run_config = yaml.safe_load((REPO / "docs" / "figures" / f"{figure}_config.yaml").read_text())
     assert resolve_config(preset) == run_config
     assert run_config["model"] == {"name": "lite", "dim": 96, "weights": weights, "context": True, "fine": None,
                                    "context4": None}
