@@ -24,8 +24,8 @@ from .repeatability import RepeatabilityLoss
 from .reprojection import ReprojectionLoss
 
 LOSSES: dict[str, type] = {cls.name: cls for cls in (
-    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss, DistillLoss,
-    NRELoss, ReprojectionLoss)}
+    APLoss, ReliabilityLoss, HardestTripletLoss, RepeatabilityLoss, D2NetLoss, DistinctivenessLoss, DiskLoss,
+    DistillLoss, NRELoss, ReprojectionLoss)}
 
 
 def get_loss_class(name: str) -> type:

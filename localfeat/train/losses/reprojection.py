@@ -47,6 +47,11 @@ def soft_argmax(scores: torch.Tensor, centres: torch.Tensor, radius: int, temper
     return centres.to(patch.dtype) + residual, dispersity
 
 
+def _flat_to_xy(indices: torch.Tensor, w: int) -> torch.Tensor:
+    """(N, 2) integer (x, y) of flat indices y * w + x."""
+    return torch.stack([indices % w, torch.div(indices, w, rounding_mode="trunc")], dim=1)
+
+
 def reprojection_errors(s0: torch.Tensor, s1: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor, conf: dict):
     """Over the paired keypoints (module docstring): L1 reprojection errors (N,) in pixels, the targets t (N, 2) in
     image 1, and the mean dispersity (N,) of the two windows, (dispersity0 + dispersity1) / 2.
@@ -68,8 +73,8 @@ def reprojection_errors(s0: torch.Tensor, s1: torch.Tensor, flow: torch.Tensor, 
         idx1 = peaks1[i][masked1[i].reshape(-1)[peaks1[i]] > 0]
         if len(idx0) == 0 or len(idx1) == 0:
             continue
-        p0, d0 = soft_argmax(s0[i], torch.stack([idx0 % w, torch.div(idx0, w, rounding_mode="trunc")], 1), r, temp)
-        p1, d1 = soft_argmax(s1[i], torch.stack([idx1 % w, torch.div(idx1, w, rounding_mode="trunc")], 1), r, temp)
+        p0, d0 = soft_argmax(s0[i], _flat_to_xy(idx0, w), r, temp)
+        p1, d1 = soft_argmax(s1[i], _flat_to_xy(idx1, w), r, temp)
         grid = (p0 / size * 2 - 1).view(1, 1, -1, 2)
         t = F.grid_sample(flow_chw[i:i + 1], grid, mode="bilinear", align_corners=True)[0, :, 0].T   # N0 x 2
         dist = torch.cdist(t.detach(), p1.detach())                                        # N0 x N1
