@@ -35,6 +35,24 @@ def _window_offsets(radius: int, device, dtype) -> torch.Tensor:
     return torch.stack([dx.reshape(-1), dy.reshape(-1)], dim=1)
 
 
+def flat_to_xy(indices: torch.Tensor, w: int) -> torch.Tensor:
+    """(N, 2) integer (x, y) of flat indices y * w + x into a map of width w."""
+    return torch.stack([indices % w, torch.div(indices, w, rounding_mode="trunc")], dim=1)
+
+
+def window_soft_argmax(patch: torch.Tensor, radius: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DKD's sub-pixel refinement of window values `patch` (N, (2r+1)^2) (`window_patches`, row-major).
+
+    Returns (offsets (N, 2) (dx, dy) in pixels from the window centre, weights (N, (2r+1)^2)): the soft-argmax
+    sum_k softmax_k(patch / temperature) o_k and the softmax itself, computed with the original's float operations
+    (exp of the differences to the window maximum, then the sum) so that the extractors stay bit for bit equal to it.
+    """
+    grid = _window_offsets(radius, patch.device, patch.dtype)
+    x_exp = ((patch - patch.max(dim=1).values[:, None]) / temperature).exp()
+    total = x_exp.sum(dim=1)[:, None]
+    return x_exp @ grid / total, x_exp / total
+
+
 def select_peaks(scores_map: torch.Tensor, radius: int, border: tuple[int, int], top_k: Optional[int],
                  scores_th: float, n_limit: Optional[int]) -> list[torch.Tensor]:
     """Flat indices (y * W + x) of the detected integer peaks, one int64 tensor per image.
@@ -113,16 +131,12 @@ def _detect_keypoints(scores_map, radius, border, top_k, scores_th, n_limit, sub
     b, _, h, w = scores_map.shape
     peaks = select_peaks(scores_map, radius, border, top_k, scores_th, n_limit)
     size = torch.tensor([w - 1, h - 1], device=scores_map.device)
-    grid = _window_offsets(radius, scores_map.device, scores_map.dtype) if sub_pixel else None
     keypoints, scores = [], []
     for i in range(b):
         idx = peaks[i]
-        xy = torch.stack([idx % w, torch.div(idx, w, rounding_mode="trunc")], dim=1)
+        xy = flat_to_xy(idx, w)
         if sub_pixel:
-            patch = window_patches(scores_map[i], idx, radius)  # (N, K*K)
-            x_exp = ((patch - patch.max(dim=1).values[:, None]) / temperature).exp()
-            residual = x_exp @ grid / x_exp.sum(dim=1)[:, None]  # soft-argmax, (N, 2)
-            xy = xy + residual
+            xy = xy + window_soft_argmax(window_patches(scores_map[i], idx, radius), radius, temperature)[0]
         kpts = xy / size * 2 - 1
         kscores = F.grid_sample(scores_map[i][None], kpts.view(1, 1, -1, 2), mode="bilinear",
                                 align_corners=True)[0, 0, 0, :]
