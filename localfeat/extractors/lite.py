@@ -34,9 +34,10 @@ Keypoints: ALIKE's DKD on the score map (`_dkd.detect_keypoints`: iterative NMS 
 border, the `max_keypoints` best or the peaks above `detection_threshold`, soft-argmax sub-pixel
 refinement). The input is replicate-padded to a multiple of 16 and the maps cropped back.
 
-Training (see docs/lite.md): the `lite_scratch` preset (then `lite_scratch_nre`, the NRE at weight 2.0)
-distils ALIKED-n16's score map and the similarity structure of its descriptors (`losses.distill`) and adds R2D2's
-AP loss and ALIKE's neural reprojection error in a window (`losses.nre`) on homography pairs of real photos.
+Training (see docs/lite.md): the `lite_zoom` preset distils ALIKED-n16's score map and the similarity structure of
+its descriptors (`losses.distill`) and adds R2D2's AP loss and ALIKE's neural reprojection error in a window
+(`losses.nre`) on homography pairs of real photos (zoom up to 2x); `lite_zoom_reproj` continues from its weights
+with ALIKE's keypoint reprojection loss added (`losses.reprojection`).
 `train_*` below are what the trainer needs: build the net, its dense outputs, save it in the format this extractor
 loads.
 """
