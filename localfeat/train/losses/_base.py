@@ -110,6 +110,15 @@ def positive_int(conf: dict, key: str, where: str, minimum: int = 1) -> int:
     return value
 
 
+def number_in_range(conf: dict, key: str, where: str, minimum: float = 0.0, strict: bool = False) -> float:
+    """conf[key] as a number (int or float, not bool) >= minimum (> minimum when `strict`), else a ConfigError."""
+    value = conf[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            value > minimum if strict else value >= minimum):
+        raise ConfigError(f"{where}: {key} must be a number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return value
+
+
 def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean of x over mask (all when None); 0 (keeping the graph) when the mask is empty."""
     if mask is None:

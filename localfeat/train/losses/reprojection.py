@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ...extractors._dkd import _window_offsets, flat_to_xy, select_peaks, window_patches, window_soft_argmax
-from ...registry import ConfigError
-from ._base import Loss, detection_map, flow_at_map, positive_int
+from ._base import Loss, detection_map, flow_at_map, number_in_range, positive_int
 
 
 def soft_argmax(scores: torch.Tensor, centres: torch.Tensor, radius: int, temperature: float):
@@ -95,15 +94,12 @@ class ReprojectionLoss(Loss):
 
     def __init__(self, **conf):
         super().__init__(**conf)
+        where = "loss 'reprojection'"
         for key in ("num_points", "radius"):
-            positive_int(self.conf, key, "loss 'reprojection'")
-        t = self.conf["temperature"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise ConfigError(f"loss 'reprojection': temperature must be a number > 0, got {t!r}")
+            positive_int(self.conf, key, where)
+        number_in_range(self.conf, "temperature", where, strict=True)
         for key in ("peaky", "max_distance"):
-            v = self.conf[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ConfigError(f"loss 'reprojection': {key} must be a number >= 0, got {v!r}")
+            number_in_range(self.conf, key, where)
 
     def forward(self, out0, out1, batch, step=0):
         self.check(out0)
