@@ -20,6 +20,7 @@ A sample is a dict of tensors:
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,21 @@ class HomographyConf:
     perspective: float = 0.3
     shear: float = 0.1
     photometric: float = 0.7
+
+
+def _on_one_opencv_thread(sample):
+    """Run `sample` with OpenCV on one thread. With several threads OpenCV cuts an image into stripes,
+    whose edges some kernels may round differently (Intel IPP's are used on x86); on one thread a sample
+    is the same bits in a loader worker (which has one thread) and in the main process."""
+    @functools.wraps(sample)
+    def wrapper(*args, **kwargs):
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return sample(*args, **kwargs)
+        finally:
+            cv2.setNumThreads(threads)
+    return wrapper
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -124,6 +140,7 @@ class HomographyPairs(torch.utils.data.Dataset):
             self._cache[i] = img
         return self._cache[i]
 
+    @_on_one_opencv_thread
     def sample(self, index: int, epoch: int = 0) -> dict:
         """Sample `index` of `epoch` (a pure function of seed, epoch, index)."""
         c = self.conf
@@ -236,6 +253,7 @@ class PosedPairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @_on_one_opencv_thread
     def sample(self, index: int, epoch: int = 0) -> dict:
         rng = np.random.default_rng([self.seed, epoch, index])
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))

@@ -166,8 +166,10 @@ def test_sigkill_and_resume_gives_the_uninterrupted_curve(tmp_path):
     resume(tmp_path / "killed")
     a = [(r["step"], r["total"]) for r in _rows(tmp_path / "full" / "metrics.csv")]
     b = [(r["step"], r["total"]) for r in _rows(tmp_path / "killed" / "metrics.csv")]
-    assert [s for s, _ in a] == ["0", "1", "2", "3", "4"]
-    assert a == b   # exactly the same numbers, as text
+    assert [s for s, _ in a] == ["0", "1", "2", "3", "4"] == [s for s, _ in b]
+    # The same curve to float32 rounding (1e-6 relative; on the machines tried, digit for digit): a resume that
+    # drops the optimiser state moves step 3 by 1.5e-4 relative, one that drops the RNG states moves step 2 by 3e-2.
+    assert [float(t) for _, t in b] == pytest.approx([float(t) for _, t in a], rel=1e-6, abs=0)
     with pytest.raises(TrainError, match="resume it"):
         train("smoke", tmp_path / "killed")
 
