@@ -33,6 +33,27 @@ def test_homography_pairs_are_deterministic_and_differ_by_index():
     assert torch.equal(short[5]["image0"], short.sample(1, 1)["image0"])
 
 
+def test_samples_are_built_with_opencv_on_one_thread(monkeypatch):
+    # A loader worker runs OpenCV on one thread; the main process must build the same bits, so every sample is built
+    # on one thread too (OpenCV's stripes can round differently), and the caller's thread count comes back after.
+    import localfeat.train.pairs as pairs
+
+    seen, warp = [], cv2.warpPerspective
+
+    def counting_warp(*args, **kwargs):
+        seen.append(cv2.getNumThreads())
+        return warp(*args, **kwargs)
+
+    monkeypatch.setattr(pairs.cv2, "warpPerspective", counting_warp)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        HomographyPairs(conf=HomographyConf(crop_size=48, base_size=96), seed=3)[0]
+        assert seen == [1, 1] and cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_homography_pairs_correspondence_is_exact():
     """Without photometric change, image 1 sampled at the flow reproduces image 0 (up to resampling blur)."""
     conf = HomographyConf(crop_size=96, base_size=192, photometric=0.0)
