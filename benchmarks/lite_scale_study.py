@@ -35,18 +35,12 @@ from localfeat.datasets.synth import list_photos  # noqa: E402
 from localfeat.eval import metrics  # noqa: E402
 from localfeat.eval.invariance import covisible, evaluate_pair  # noqa: E402
 from localfeat.geometry import warp_points  # noqa: E402
-from localfeat.io.images import read_image  # noqa: E402
+from localfeat.io.images import read_image, resize_max  # noqa: E402
 from localfeat.config import parse_model_spec  # noqa: E402
 from localfeat.registry import load_extractor  # noqa: E402
 
 MODELS = ("lite", "xfeat", "alike:variant=alike-t,scores_th=None", "aliked:variant=aliked-n16,scores_th=None")
 PHOTOS = (DATA / "phototourism_aliked", DATA / "sfm_sacre_coeur_hloc" / "mapping")
-
-
-def resized(image: np.ndarray, longer_side: float) -> np.ndarray:
-    h, w = image.shape[:2]
-    f = longer_side / max(h, w)
-    return cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
 
 
 def make_pairs(zoom: float, size: int = 640) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -56,7 +50,7 @@ def make_pairs(zoom: float, size: int = 640) -> list[tuple[np.ndarray, np.ndarra
         photo = read_image(path, "rgb")
         if max(photo.shape[:2]) < size * zoom:
             continue
-        a, sharp = resized(photo, size), resized(photo, size * zoom)
+        a, sharp = resize_max(photo, size)[0], resize_max(photo, round(size * zoom))[0]
         sx, sy = sharp.shape[1] / a.shape[1], sharp.shape[0] / a.shape[0]
         H = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
         upsampled = cv2.resize(a, (sharp.shape[1], sharp.shape[0]), interpolation=cv2.INTER_LINEAR)
